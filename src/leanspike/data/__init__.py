@@ -1,0 +1,1 @@
+"""Datasets read from users' files, and the built-in ones that need no download."""

@@ -1,0 +1,135 @@
+"""The one forward/backward engine that every training method schedules.
+
+A method is described by a :class:`Schedule`: how the T steps are cut into
+intervals (temporal routes survive only inside an interval), which intervals build a
+graph at all, whether the optimizer steps after every interval or once per batch, and
+how the network is split into gradient-isolated blocks (each with a head that turns its
+output into a local prediction; the last block's head is the network's own output).
+
+Per interval, the engine: detaches all state, runs the interval's steps (with or
+without a graph), sums each block's window loss, calls backward once, and, when the
+schedule says so, steps the optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .losses import WindowLoss
+from .state import detach_states, reset_states
+
+
+@dataclass
+class StepResult:
+    """What one batch of training returns."""
+
+    loss: float  # the network output's loss, summed over the batch's windows
+    predictions: torch.Tensor  # [B] argmax of the time-averaged output
+    mean_output: torch.Tensor  # [B, C] time-averaged output (detached)
+    backward_passes: int
+    optimizer_steps: int
+    local_losses: list[float] = field(default_factory=list)  # per block, local methods only
+
+
+@dataclass
+class Schedule:
+    intervals: list[tuple[int, int]]
+    graph_intervals: set[int] | None = None  # None: every interval builds a graph
+    update_per_interval: bool = False
+    loss_scale: float = 1.0
+
+
+def split_intervals(total_steps: int, k: int) -> list[tuple[int, int]]:
+    """Cut ``range(T)`` into intervals of k steps; the last is shorter if k ∤ T."""
+    return [(t0, min(t0 + k, total_steps)) for t0 in range(0, total_steps, k)]
+
+
+def check_inputs(inputs: torch.Tensor, targets: torch.Tensor) -> int:
+    """Validate ``[T, B, ...]`` inputs against ``[B]`` targets; return T."""
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 3:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"inputs must be shaped [T, B, ...] with at least 3 dims, got {shape}")
+    if targets.dim() != 1 or inputs.shape[1] != targets.shape[0]:
+        raise ValueError(
+            f"inputs shaped {tuple(inputs.shape)} have no time axis in front: expected "
+            f"[T, B, ...] with B = len(targets) = {targets.shape[0] if targets.dim() else 'scalar'}, "
+            f"got shape[1] = {inputs.shape[1]}")
+    if inputs.shape[0] < 1:
+        raise ValueError("inputs hold T = 0 time steps")
+    return int(inputs.shape[0])
+
+
+class Engine:
+    """Runs one batch under a schedule over ``blocks`` (with their ``heads``)."""
+
+    def __init__(self, blocks: Sequence[nn.Module], heads: Sequence[nn.Module | None]) -> None:
+        if len(blocks) != len(heads):
+            raise ValueError("every block needs a head (None for the network's own output)")
+        self.blocks, self.heads = list(blocks), list(heads)
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (*self.blocks, *self.heads) if m is not None]
+
+    def step(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One time step through every block; a block's input is detached from the last."""
+        outs = []
+        for i, (block, head) in enumerate(zip(self.blocks, self.heads)):
+            if i > 0:
+                x = x.detach()
+            x = block(x)
+            outs.append(x if head is None else head(x))
+        return outs
+
+    def run(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        loss_fn: WindowLoss,
+        schedule: Schedule,
+        on_update: Callable[[], None],
+        backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    ) -> StepResult:
+        total = inputs.shape[0]
+        modules = self.modules()
+        reset_states(*modules)
+        n_blocks = len(self.blocks)
+        out_sum: torch.Tensor | None = None
+        loss_total = 0.0
+        local_totals = [0.0] * n_blocks
+        n_backward = n_updates = 0
+        for index, (t0, t1) in enumerate(schedule.intervals):
+            detach_states(*modules)
+            with_graph = schedule.graph_intervals is None or index in schedule.graph_intervals
+            ctx = contextlib.nullcontext() if with_graph else torch.no_grad()
+            with ctx:
+                per_block: list[list[torch.Tensor]] = [[] for _ in range(n_blocks)]
+                for t in range(t0, t1):
+                    for b, out in enumerate(self.step(inputs[t])):
+                        per_block[b].append(out)
+                windows = [torch.stack(outs) for outs in per_block]
+                losses = [loss_fn(w, targets, total) for w in windows]
+            if with_graph:
+                backward(sum(losses) * schedule.loss_scale)
+                n_backward += 1
+            for b, value in enumerate(losses):
+                local_totals[b] += float(value.detach())
+            loss_total += float(losses[-1].detach())
+            window_sum = windows[-1].detach().sum(0)
+            out_sum = window_sum if out_sum is None else out_sum + window_sum
+            del windows, losses, per_block
+            if schedule.update_per_interval:
+                on_update()
+                n_updates += 1
+        if not schedule.update_per_interval:
+            on_update()
+            n_updates += 1
+        assert out_sum is not None
+        mean_output = out_sum / total
+        detach_states(*modules)
+        return StepResult(loss_total, mean_output.argmax(1), mean_output, n_backward, n_updates,
+                          local_totals if n_blocks > 1 else [])

@@ -1,0 +1,7 @@
+"""Training methods, each a schedule over the one engine."""
+
+from .base import Method
+from .bptt import BPTT, TBPTT
+from .sltt import SLTT, SLTTK
+
+__all__ = ["Method", "BPTT", "TBPTT", "SLTT", "SLTTK"]

@@ -1,0 +1,58 @@
+"""SLTT and SLTT-K (Meng et al., 2023): spatial learning through time.
+
+SLTT drops every temporal route of the backward graph: the state entering each step
+is detached, and each step's loss / T is back-propagated at once, so only one step's
+graph is ever alive (memory constant in T). Gradients accumulate over the steps and
+the optimizer steps once per batch. SLTT-K back-propagates at only K distinct steps
+drawn per batch; the other steps run under ``torch.no_grad`` and build no graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine import Schedule, split_intervals
+from ..losses import WindowLoss
+from .base import Method, check_not_above_T, check_positive_int
+
+
+class SLTT(Method):
+    name = "sltt"
+
+    def _check_loss(self, schedule, total_steps):
+        if self.loss.decomposes != "step":
+            raise ValueError(f"{self.name} needs a per-step loss, got {self.loss!r}")
+
+    def schedule(self, total_steps: int) -> Schedule:
+        return Schedule(split_intervals(total_steps, 1))
+
+
+class SLTTK(SLTT):
+    """SLTT with backward at ``K`` steps sampled per batch.
+
+    ``scale="T"`` keeps each step's loss / T (the paper's code; default);
+    ``scale="K"`` uses / K, an unbiased estimate of SLTT's full gradient.
+    ``generator`` makes the choice of steps reproducible.
+    """
+
+    name = "sltt-k"
+
+    def __init__(self, K: int, loss: WindowLoss | None = None, scale: str = "T",
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(loss)
+        self.K = check_positive_int("K", K)
+        if scale not in ("T", "K"):
+            raise ValueError(f"scale must be 'T' or 'K', got {scale!r}")
+        self.scale = scale
+        self.generator = generator
+        self.last_steps: list[int] = []
+
+    def schedule(self, total_steps: int) -> Schedule:
+        check_not_above_T("K", self.K, total_steps)
+        chosen = torch.randperm(total_steps, generator=self.generator)[: self.K]
+        self.last_steps = sorted(int(t) for t in chosen)
+        scale = 1.0 if self.scale == "T" else total_steps / self.K
+        return Schedule(split_intervals(total_steps, 1), graph_intervals=set(self.last_steps), loss_scale=scale)
+
+    def __repr__(self) -> str:
+        return f"SLTTK(K={self.K}, scale={self.scale!r}, loss={self.loss!r})"
