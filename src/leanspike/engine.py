@@ -53,7 +53,7 @@ def check_inputs(inputs: torch.Tensor, targets: torch.Tensor) -> int:
     """Validate ``[T, B, ...]`` inputs against ``[B]`` targets; return T."""
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 3:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise ValueError(f"inputs must be shaped [T, B, ...] with at least 3 dims, got {shape}")
+        raise ValueError(f"inputs shaped {shape} have no time axis: expected [T, B, ...] (at least 3 dims)")
     if targets.dim() != 1 or inputs.shape[1] != targets.shape[0]:
         raise ValueError(
             f"inputs shaped {tuple(inputs.shape)} have no time axis in front: expected "
@@ -62,6 +62,19 @@ def check_inputs(inputs: torch.Tensor, targets: torch.Tensor) -> int:
     if inputs.shape[0] < 1:
         raise ValueError("inputs hold T = 0 time steps")
     return int(inputs.shape[0])
+
+
+@torch.no_grad()
+def infer(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Inference over all T steps of ``[T, B, ...]``: the time-averaged output ``[B, C]``."""
+    reset_states(model)
+    total = None
+    for t in range(inputs.shape[0]):
+        out = model(inputs[t])
+        total = out if total is None else total + out
+    reset_states(model)
+    assert total is not None
+    return total / inputs.shape[0]
 
 
 class Engine:

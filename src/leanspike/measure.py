@@ -45,10 +45,13 @@ class SavedTensorMeter:
     >>> meter.peak_bytes
     """
 
-    def __init__(self, exclude: Iterable[nn.Module] = ()) -> None:
+    def __init__(self, exclude: Iterable[nn.Module | torch.Tensor] = ()) -> None:
+        """``exclude``: modules (their parameters and buffers) and tensors (e.g. the input
+        batch, which exists whatever the method) whose storages are not counted."""
         self._excluded: set[tuple[str, int]] = set()
-        for module in exclude:
-            for t in list(module.parameters()) + list(module.buffers()):
+        for item in exclude:
+            tensors = [item] if isinstance(item, torch.Tensor) else [*item.parameters(), *item.buffers()]
+            for t in tensors:
                 self._excluded.add(_storage_key(t))
         self._refs: dict[tuple[str, int], int] = {}
         self._sizes: dict[tuple[str, int], int] = {}

@@ -43,6 +43,10 @@ class Method:
             raise ValueError(f"loss {self.loss!r} needs all T steps in one backward; "
                              f"only BPTT can use it, not {self.name}")
 
+    def validate(self, total_steps: int) -> None:
+        """Raise ValueError if this method cannot run T = ``total_steps`` with its loss."""
+        self._check_loss(self.schedule(total_steps), total_steps)
+
     def _prepare(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor):
         total = check_inputs(inputs, targets)
         schedule = self.schedule(total)

@@ -47,6 +47,10 @@ class SLTTK(SLTT):
         self.generator = generator
         self.last_steps: list[int] = []
 
+    def validate(self, total_steps: int) -> None:
+        check_not_above_T("K", self.K, total_steps)  # without drawing steps
+        self._check_loss(None, total_steps)
+
     def schedule(self, total_steps: int) -> Schedule:
         check_not_above_T("K", self.K, total_steps)
         chosen = torch.randperm(total_steps, generator=self.generator)[: self.K]
