@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv at the repo root and install leanspike with its test/plot extras.
+# torch is installed first, pinned to the CPU build on disk (torch==2.13.0), so that no
+# CUDA packages are pulled on a CPU machine. GPU users override it, e.g.
+#   LEANSPIKE_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126" bash scripts/bootstrap.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check ${LEANSPIKE_TORCH:-torch==2.13.0}
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
