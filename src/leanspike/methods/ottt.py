@@ -117,7 +117,9 @@ class _Traced:
         if self.reentered:  # called by functional_call below
             return self.original(x)
         s = x.detach()
-        self.trace = s if self.trace is None else self.decay * self.trace + s
+        # a fresh tensor even at the first step: x[t] is often a view of the whole [T, B, ...]
+        # input, and saving that view for backward would keep (and count) all T steps
+        self.trace = s.clone() if self.trace is None else self.decay * self.trace + s
         m = self.module
         if not torch.is_grad_enabled():
             return self.original(x)
