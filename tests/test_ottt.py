@@ -205,3 +205,12 @@ def test_saved_tensor_peak_constant_in_T():
     short, long = saved_peak(OTTT(), 3), saved_peak(OTTT(), 12)
     assert short > 0 and long == short
     assert saved_peak(BPTT(), 12) > 2 * saved_peak(BPTT(), 3)  # the meter does see growth
+
+
+def test_runs_under_autocast():
+    net = make_conv().float()
+    x, y = data(T=2, B=4, shape=(2, 4, 4), classes=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grads = OTTT().compute_gradients(net, x.float(), y)
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())
+    assert grads["0.weight"].abs().sum() > 0

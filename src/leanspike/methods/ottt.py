@@ -34,22 +34,32 @@ from .base import Method
 UPDATES = ("batch", "step")
 
 
+def _dtypes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    return (x.dtype, None, weight.dtype, None if bias is None else bias.dtype)
+
+
+def _cast(grads: tuple, dtypes: tuple) -> tuple:
+    """Each gradient in its input's dtype (under autocast the output's may differ)."""
+    return tuple(None if g is None else g.to(d) for g, d in zip(grads, dtypes))
+
+
 class _TracedLinear(torch.autograd.Function):
     """``x·Wᵀ + b`` forward; backward gives ``g·W`` to x and ``gᵀ·trace`` to W."""
 
     @staticmethod
     def forward(ctx, x, trace, weight, bias):  # type: ignore[override]
         ctx.save_for_backward(trace, weight)
+        ctx.dtypes = _dtypes(x, weight, bias)
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        trace, weight = ctx.saved_tensors
+        trace, weight = (t.to(grad.dtype) for t in ctx.saved_tensors)  # autocast: one dtype
         flat = grad.reshape(-1, grad.shape[-1])
         gx = grad @ weight if ctx.needs_input_grad[0] else None
         gw = flat.T @ trace.reshape(-1, trace.shape[-1]) if ctx.needs_input_grad[2] else None
         gb = flat.sum(0) if ctx.needs_input_grad[3] else None
-        return gx, None, gw, gb
+        return (*_cast((gx, None, gw, gb), ctx.dtypes),)
 
 
 class _TracedConv2d(torch.autograd.Function):
@@ -59,18 +69,19 @@ class _TracedConv2d(torch.autograd.Function):
     def forward(ctx, x, trace, weight, bias, stride, padding, dilation, groups):  # type: ignore[override]
         ctx.save_for_backward(trace, weight)
         ctx.conf = (stride, padding, dilation, groups, bias is not None)
+        ctx.dtypes = _dtypes(x, weight, bias)
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        trace, weight = ctx.saved_tensors
+        trace, weight = (t.to(grad.dtype) for t in ctx.saved_tensors)  # autocast: one dtype
         stride, padding, dilation, groups, has_bias = ctx.conf
         need = ctx.needs_input_grad
         # the input gradient depends on the input's shape only, so the trace can stand in
         gx, gw, gb = torch.ops.aten.convolution_backward(
             grad, trace, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding),
             list(dilation), False, [0, 0], groups, [need[0], need[2], has_bias and need[3]])
-        return gx, None, gw, gb, None, None, None, None
+        return (*_cast((gx, None, gw, gb), ctx.dtypes), None, None, None, None)
 
 
 def _fused(module: nn.Module) -> bool:
