@@ -71,7 +71,8 @@ def count_frames(events: np.ndarray, T: int, H: int, W: int, source: str = "even
     _check_coords(events, H, W, source)
     events = events[np.argsort(events["t"], kind="stable")]
     n = len(events)
-    idx = (np.arange(n, dtype=np.int64) * T) // max(n, 1)  # event j goes to frame floor(j·T/N)
+    bounds = (np.arange(T + 1, dtype=np.int64) * n) // T  # slice i = events bounds[i] .. bounds[i+1]-1
+    idx = np.searchsorted(bounds, np.arange(n, dtype=np.int64), side="right") - 1
     return _scatter(idx, events, T, H, W).astype(np.float32)
 
 
