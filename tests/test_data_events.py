@@ -333,3 +333,23 @@ def test_nmnist_dataset(tmp_path):
         build_dataset("n-mnist", tmp_path, train=True, T=5, window_ms=3)
     with pytest.raises(UserError, match="window integration needs window_ms > 0"):
         build_dataset("n-mnist", tmp_path, train=True, T=5, integration="window")
+
+
+def test_failed_cache_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    from leanspike.data import cache as cache_mod
+
+    target = tmp_path / "c" / "x.npz"
+
+    def broken_savez(f, **arrays):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cache_mod.np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        cache_mod.save_frames(target, np.zeros((2, 2, 4, 4), np.float32), binary=False)
+    assert list((tmp_path / "c").iterdir()) == []
+    monkeypatch.undo()
+    frames = (np.random.default_rng(0).random((3, 2, 5, 7)) < 0.3).astype(np.uint8)
+    cache_mod.save_frames(target, frames, binary=True)
+    assert np.array_equal(cache_mod.load_frames(target), frames)
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["x.npz"]

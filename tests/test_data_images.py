@@ -239,3 +239,13 @@ def test_to_time_major():
     assert torch.equal(to_time_major(f, 6, "frames"), f.transpose(0, 1))
     with pytest.raises(ValueError, match="expected \\[B, T=5"):
         to_time_major(f, 5, "frames")
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, leanspike.data; heavy = [m for m in ('PIL', 'tonic', 'leanspike.data.images', "
+            "'leanspike.data.event_datasets') if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
