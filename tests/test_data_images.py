@@ -249,3 +249,12 @@ def test_import_is_light():
             "'leanspike.data.event_datasets') if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_rate_encoding_keeps_pixels_in_unit_range(tmp_path):
+    make_cifar10(tmp_path, n=2)
+    ds, info = build_dataset("cifar10", tmp_path, train=False, T=3, encoding="rate")
+    x, _ = ds[0]
+    assert info.encoding == "rate" and 0 <= x.min() and x.max() <= 1
+    with pytest.raises(ValueError, match="rate encoding"):
+        build_dataset("cifar10", tmp_path, train=False, T=3, encoding="rate", normalize=True)

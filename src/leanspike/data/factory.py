@@ -119,9 +119,11 @@ def _build_digits(train: bool, T: int, encoding: str, options: dict) -> tuple[Da
 
 
 def _normalize(name: str, options: dict, default: bool) -> list:
-    if not options.get("normalize", default):
+    """Per-channel normalisation; never on by default under rate encoding (rates need [0, 1])."""
+    rate = options.get("encoding", "direct") == "rate"
+    if not options.get("normalize", default and not rate):
         return []
-    if options.get("encoding", "direct") == "rate":
+    if rate:
         raise ValueError("normalize=True with rate encoding: Bernoulli rates need pixels in [0, 1]")
     return [tf.Normalize(*MEAN_STD[name])]
 
