@@ -12,7 +12,6 @@ Two integrations, one per paper:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
