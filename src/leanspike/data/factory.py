@@ -16,7 +16,8 @@ from .sources import hint, require_root
 
 STATIC = ("digits", "mnist", "emnist", "fashion-mnist", "cifar10", "cifar100", "imagenet")
 EVENTS = ("dvs-gesture", "cifar10-dvs", "n-mnist")
-DATASET_NAMES = STATIC + EVENTS
+TEMPORAL = ("seq-mnist", "seq-fashion-mnist", "fashion-saccades")  # docs/temporal_tasks.md
+DATASET_NAMES = STATIC + EVENTS + TEMPORAL
 ENCODINGS = ("direct", "rate", "frames")
 
 FASHION_MNIST_SYSTEM_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -43,6 +44,9 @@ OPTIONS: dict[str, set[str]] = {
     "cifar10-dvs": {"augment", "integration", "window_ms", "size", "cache_dir", "cache", "roll",
                     "train_fraction"},
     "n-mnist": {"augment", "integration", "window_ms", "size", "cache_dir", "cache", "roll"},
+    "seq-mnist": {"mode", "width", "layout"},
+    "seq-fashion-mnist": {"mode", "width", "layout"},
+    "fashion-saccades": {"augment", "integration", "window_ms", "size", "cache_dir", "cache", "roll"},
 }
 
 
@@ -101,6 +105,12 @@ def build_dataset(name: str, root: str | Path | None, *, train: bool, T: int,
         raise ValueError(f"{name}: unknown options {sorted(unknown)}; accepted: {sorted(OPTIONS[name])}")
     if name in EVENTS:
         return _build_events(name, root, train, T, options)
+    if name == "fashion-saccades":
+        from .saccades import build_fashion_saccades
+
+        return build_fashion_saccades(root, train, T, options)
+    if name in TEMPORAL:
+        return _build_sequential(name, root, train, T, options)
     encoding = options.get("encoding", "direct")
     if encoding not in ("direct", "rate"):
         raise ValueError(f"encoding {encoding!r}; expected 'direct' or 'rate' for static images")
@@ -158,6 +168,24 @@ def _build_tensor_images(name: str, root, train: bool, T: int, encoding: str,
     ds = ImageTensorDataset(images, labels, tf.Compose(steps) if steps else None)
     c, h, w = images.shape[1:]
     return ds, DatasetInfo(name, c, (h, w), num_classes, "static", encoding, T)
+
+
+def _build_sequential(name: str, root, train: bool, T: int, options: dict) -> tuple[Dataset, DatasetInfo]:
+    """Images fed a row (or column strip) per step: samples ``[T, F]`` or ``[T, w, L]``."""
+    from .images import load_mnist_like
+    from .sequential import SequentialImages
+
+    source = name[len("seq-"):]
+    if source == "fashion-mnist" and root is None and FASHION_MNIST_SYSTEM_ROOT.is_dir():
+        root = FASHION_MNIST_SYSTEM_ROOT
+    images, labels = load_mnist_like(source, require_root(source, root), train)
+    ds = SequentialImages(images, labels, options.get("mode", "rows"), options.get("width", 1),
+                          options.get("layout", "flat"))
+    if T != ds.T:
+        raise ValueError(f"{name}: mode {ds.mode!r} with width {ds.width} gives T = {ds.T} steps; got T = {T}")
+    shape = ds.step_shape()
+    channels, length = (1, shape[0]) if len(shape) == 1 else shape
+    return ds, DatasetInfo(name, channels, (1, length), 10, "frames", "frames", T)
 
 
 def _build_imagenet(root, train: bool, T: int, encoding: str, options: dict) -> tuple[Dataset, DatasetInfo]:
