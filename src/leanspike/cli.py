@@ -16,6 +16,10 @@ from .errors import UserError
 COMMANDS = {
     "train": "train",
     "demo": "demo",
+    "models": "models",
+    "presets": "presets",
+    "sweep": "sweep",
+    "report": "report",
 }
 
 
