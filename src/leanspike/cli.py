@@ -17,9 +17,6 @@ COMMANDS = {
     "train": "train",
     "demo": "demo",
     "models": "models",
-    "presets": "presets",
-    "sweep": "sweep",
-    "report": "report",
 }
 
 
