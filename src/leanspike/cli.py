@@ -17,6 +17,9 @@ COMMANDS = {
     "train": "train",
     "demo": "demo",
     "models": "models",
+    "costs": "costs",
+    "grad-sim": "grad_sim",
+    "plan": "plan",
 }
 
 

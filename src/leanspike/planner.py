@@ -1,0 +1,290 @@
+"""Predicting each method's peak memory from a few cheap steps, and planning within a budget.
+
+Every training method keeps, at its peak, the autograd graph of its longest interval: k
+steps for TBPTT(k) and the local method, all T for BPTT, one step for SLTT and SLTT-K
+(steps outside the K sampled ones build no graph). The graph of a step grows linearly
+with the batch, so the saved bytes follow ``bytes(k, B) = B·(a·k + b) + c·k + d``.
+:func:`calibrate` measures BPTT's saved bytes (:class:`~leanspike.measure.SavedTensorMeter`,
+parameters, buffers and the input left out) at T ∈ {1, 2} and B ∈ {1, 2} and fits that
+line; :meth:`MemoryModel.saved_bytes` then predicts any method at any T and batch. The local
+method adds one LIF tensor per local classifier per step (B·classes elements); its graph is
+otherwise the network's own, because leanspike's engine runs every block over the interval
+before one backward.
+
+:func:`plan` adds what exists whatever the method (weights, gradients, optimizer slots, the
+input batch, a workspace estimate) and lists the candidate settings in order of expected
+accuracy cost, marking those that fit the budget (see docs/costs.md for the ordering).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .costs import ModelProfile, profile_model
+from .errors import UserError
+from .measure import SavedTensorMeter
+from .methods import BPTT, SLTT, SLTTK, TBPTT, Method, TruncatedLocalBPTT
+
+METHODS = ("bptt", "tbptt", "sltt", "sltt-k", "local")
+OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``"4GiB"``, ``"512 MiB"``, ``"2GB"``, ``"1e9"`` → bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise UserError(f"--budget: expected a size such as 4GiB, 512MiB or 2GB, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"2x128x128"`` or ``"2×128×128"`` → ``(2, 128, 128)``."""
+    parts = str(text).lower().replace("×", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise UserError(f"--input: expected CxHxW with positive integers (e.g. 1x28x28), got {text!r}")
+    return shape
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+# --------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """A method with its parameters: k for tbptt/local, n for local, K for sltt-k."""
+
+    method: str
+    k: int | None = None
+    n: int | None = None
+    K: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        need = {"tbptt": ("k",), "local": ("k", "n"), "sltt-k": ("K",)}.get(self.method, ())
+        for name in need:
+            if getattr(self, name) is None:
+                raise ValueError(f"method {self.method!r} needs {name}")
+
+    def interval(self, T: int) -> int:
+        """Steps whose graph is alive at once."""
+        if self.method == "bptt":
+            return T
+        if self.method in ("tbptt", "local"):
+            return min(int(self.k), T)  # type: ignore[arg-type]
+        return 1
+
+    def label(self) -> str:
+        if self.method == "tbptt":
+            return f"tbptt(k={self.k})"
+        if self.method == "sltt-k":
+            return f"sltt-k(K={self.K})"
+        if self.method == "local":
+            return f"local(k={self.k}, n={self.n})"
+        return self.method
+
+    def build(self, classifier: str = "trainable") -> Method:
+        if self.method == "bptt":
+            return BPTT()
+        if self.method == "tbptt":
+            return TBPTT(int(self.k))  # type: ignore[arg-type]
+        if self.method == "sltt":
+            return SLTT()
+        if self.method == "sltt-k":
+            return SLTTK(int(self.K), generator=torch.Generator().manual_seed(0))  # type: ignore[arg-type]
+        return TruncatedLocalBPTT(int(self.k), int(self.n), classifier=classifier)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------
+# Measuring and fitting saved bytes
+# --------------------------------------------------------------------------------------
+def measure_saved_bytes(model: nn.Module, method: Method, inputs: torch.Tensor, targets: torch.Tensor) -> int:
+    """Peak bytes autograd keeps during one batch of ``method.compute_gradients``,
+    leaving out parameters and buffers (model's and method's) and the input batch."""
+    method.engine(model, inputs)  # builds lazy local classifiers, so they can be left out
+    extra = [m for m in (getattr(method, "heads", None) or []) if m is not None]
+    with SavedTensorMeter(exclude=[model, *extra, inputs]) as meter:
+        method.compute_gradients(model, inputs, targets)
+    return meter.peak_bytes
+
+
+def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(iter(model.parameters()), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
+
+
+def random_batch(model: nn.Module, input_shape: Sequence[int], T: int, batch: int, num_classes: int,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``[T, B, *input_shape]`` and labels: saved bytes do not depend on the values."""
+    device, dtype = _placement(model)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(T, batch, *input_shape, generator=g, dtype=dtype).to(device)
+    y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
+    return x, y
+
+
+@dataclass
+class MemoryModel:
+    """``saved(k, B) = B·(per_sample_step·k + per_sample) + per_step·k + const`` bytes."""
+
+    per_sample_step: float
+    per_sample: float
+    per_step: float = 0.0
+    const: float = 0.0
+    head_per_sample_step: float = 0.0  # one local classifier's LIF, per sample and step
+    depth: int = 1
+    points: list[dict] = field(default_factory=list)
+
+    def graph_bytes(self, k: int, batch: int) -> float:
+        return batch * (self.per_sample_step * k + self.per_sample) + self.per_step * k + self.const
+
+    def heads(self, n: int) -> int:
+        return math.ceil(self.depth / n) - 1
+
+    def saved_bytes(self, setting: Setting, T: int, batch: int) -> float:
+        k = setting.interval(T)
+        extra = 0.0
+        if setting.method == "local":
+            extra = self.heads(int(setting.n)) * batch * self.head_per_sample_step * k  # type: ignore[arg-type]
+        return self.graph_bytes(k, batch) + extra
+
+    def as_dict(self) -> dict:
+        return {"per_sample_step": self.per_sample_step, "per_sample": self.per_sample, "per_step": self.per_step,
+                "const": self.const, "head_per_sample_step": self.head_per_sample_step, "depth": self.depth,
+                "points": self.points}
+
+
+def fit_memory_model(points: Sequence[tuple[int, int, float]], profile: ModelProfile) -> MemoryModel:
+    """Least-squares fit of measured ``(k, batch, bytes)`` points.
+
+    With one batch size only, the batch-independent terms cannot be told apart and the
+    bytes are taken as proportional to the batch.
+    """
+    ks = {p[0] for p in points}
+    bs = {p[1] for p in points}
+    if len(ks) < 2:
+        raise ValueError(f"calibration needs at least two interval lengths, got {sorted(ks)}")
+    full = len(bs) >= 2 and len({(p[0], p[1]) for p in points}) >= 4
+    rows = [[b * k, b, k, 1.0] if full else [b * k, b] for k, b, _ in points]
+    coef, *_ = np.linalg.lstsq(np.array(rows, dtype=float), np.array([p[2] for p in points], dtype=float),
+                               rcond=None)
+    values = list(coef) + [0.0] * (4 - len(coef))
+    head = profile.num_classes * profile.itemsize
+    return MemoryModel(float(values[0]), float(values[1]), float(values[2]), float(values[3]), head,
+                       profile.depth, [{"k": k, "batch": b, "bytes": v} for k, b, v in points])
+
+
+def calibrate(model: nn.Module, input_shape: Sequence[int], num_classes: int, steps: Sequence[int] = (1, 2),
+              batches: Sequence[int] = (1, 2), profile: ModelProfile | None = None) -> MemoryModel:
+    """Measure BPTT's saved bytes at each (T, batch) and fit a :class:`MemoryModel`."""
+    profile = profile or profile_model(model, input_shape, num_classes)
+    points = []
+    for b in batches:
+        for t in steps:
+            x, y = random_batch(model, input_shape, t, b, num_classes)
+            points.append((t, b, float(measure_saved_bytes(model, BPTT(), x, y))))
+    return fit_memory_model(points, profile)
+
+
+# --------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------
+def _halvings(top: int, low: int = 1) -> list[int]:
+    """``top, top/2, top/4, ... ≥ low``, distinct and descending."""
+    out, v = [], top
+    while v >= low:
+        if v not in out:
+            out.append(v)
+        v //= 2
+    return out
+
+
+def candidates(T: int, depth: int) -> list[Setting]:
+    """Settings in order of expected accuracy cost (docs/costs.md explains the order)."""
+    out = [Setting("bptt")]
+    out += [Setting("tbptt", k=k) for k in _halvings(T // 2, 2) if k < T]
+    out.append(Setting("sltt"))
+    out += [Setting("sltt-k", K=K) for K in _halvings(T // 2, 1) if K < T]
+    for n in _halvings(depth // 2 if depth > 1 else 1, 1):
+        if n >= depth:
+            continue
+        out += [Setting("local", k=k, n=n) for k in _halvings(T, 1)]
+    return out
+
+
+@dataclass
+class PlanRow:
+    setting: Setting
+    saved: float  # predicted peak saved-activation bytes
+    fixed: float  # weights, gradients, optimizer slots, input batch
+    workspace: float  # estimate of transient tensors
+    rank: int
+    fits: bool = False
+
+    @property
+    def total(self) -> float:
+        return self.saved + self.fixed + self.workspace
+
+    def as_dict(self) -> dict:
+        s = self.setting
+        return {"rank": self.rank, "setting": s.label(), "method": s.method, "k": s.k, "n": s.n, "K": s.K,
+                "saved_bytes": self.saved, "fixed_bytes": self.fixed, "workspace_bytes": self.workspace,
+                "total_bytes": self.total, "fits": self.fits}
+
+
+def _head_params(profile: ModelProfile, n: int) -> int:
+    """Trainable parameters of the local classifiers for blocks of n units."""
+    c = profile.num_classes
+    tops = [min(start + n, profile.depth) - 1 for start in range(0, profile.depth, n)][:-1]
+    return sum(profile.units[i].out_features * c + c for i in tops)
+
+
+def plan(model: nn.Module, input_shape: Sequence[int], num_classes: int, T: int, batch: int, budget: float,
+         optimizer: str = "momentum", memory: MemoryModel | None = None,
+         settings: Sequence[Setting] | None = None) -> tuple[list[PlanRow], MemoryModel]:
+    """Predicted peak memory of every candidate setting and whether it fits ``budget``."""
+    if optimizer not in OPTIMIZER_SLOTS:
+        raise UserError(f"--optimizer: expected one of {', '.join(OPTIMIZER_SLOTS)}, got {optimizer!r}")
+    if T < 1 or batch < 1:
+        raise UserError(f"--T and --batch must be >= 1, got T={T}, batch={batch}")
+    profile = profile_model(model, input_shape, num_classes)
+    if memory is None:
+        try:
+            memory = calibrate(model, input_shape, num_classes, profile=profile)
+        except ValueError:  # e.g. BatchNorm1d cannot train on a batch of one
+            memory = calibrate(model, input_shape, num_classes, batches=(2, 4), profile=profile)
+    size = profile.itemsize
+    slots = 2 + OPTIMIZER_SLOTS[optimizer]  # the weight, its gradient, optimizer state
+    input_bytes = T * batch * math.prod(input_shape) * size
+    largest = max(max(u.in_features, u.out_features, u.states) for u in profile.units)
+    workspace = 2.0 * batch * largest * size  # gradient of the largest activation, and one temporary
+    rows = []
+    for rank, s in enumerate(settings if settings is not None else candidates(T, profile.depth)):
+        params = profile.params + (_head_params(profile, int(s.n)) if s.method == "local" else 0)
+        fixed = params * size * slots + input_bytes
+        row = PlanRow(s, memory.saved_bytes(s, T, batch), float(fixed), workspace, rank)
+        row.fits = row.total <= budget
+        rows.append(row)
+    return rows, memory
+
