@@ -8,6 +8,12 @@ block hands spikes, not currents, to the next one; the next weighted child (conv
 linear, batch norm: anything with parameters or buffers) opens the next unit. Children
 before the first spiking unit belong to the first block, children after the last one to
 the last block. The blocks share the model's modules; nothing is copied.
+
+A spiking *output layer* — the model ending in ``Linear → LIF`` (the truncated-local
+networks emit spikes) — is not a spiking layer of its own: it is the last block's
+classifier, so it joins the last unit and does not count towards the depth. That makes
+(k = T, n = depth) plain BPTT, and LeNet's depth 4, as in the paper (Table 2 lists the
+layers without the classifier).
 """
 
 from __future__ import annotations
@@ -33,8 +39,17 @@ def _children(model: nn.Module) -> list[nn.Module]:
 
 
 def spiking_depth(model: nn.Module) -> int:
-    """The number of spiking units among the model's top-level children."""
-    return sum(is_spiking(child) for child in _children(model))
+    """The number of spiking units (the spiking output layer not counted)."""
+    return len(unit_groups(model))
+
+
+def _is_output_unit(group: list[nn.Module]) -> bool:
+    """``[param-free…, Linear…, LIF, param-free…]``: a spiking output layer."""
+    spiking = [i for i, m in enumerate(group) if is_spiking(m)]
+    if len(spiking) != 1 or not isinstance(group[spiking[0]], LIF):
+        return False
+    weighted = [i for i, m in enumerate(group) if _is_weighted(m)]
+    return bool(weighted) and all(isinstance(group[i], nn.Linear) and i < spiking[0] for i in weighted)
 
 
 def unit_groups(model: nn.Module) -> list[list[nn.Module]]:
@@ -59,6 +74,8 @@ def unit_groups(model: nn.Module) -> list[list[nn.Module]]:
             if _is_weighted(child):
                 trailing = False
             groups[unit if trailing else unit + 1].append(child)
+    if len(groups) > 1 and _is_output_unit(groups[-1]):
+        groups[-2].extend(groups.pop())
     return groups
 
 
