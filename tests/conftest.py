@@ -1,9 +1,9 @@
-import os
-
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Test tensors are small: one thread avoids OpenMP spin-waiting, which makes two threads
+# many times slower whenever another process shares the cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
