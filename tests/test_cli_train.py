@@ -20,7 +20,8 @@ def test_train_writes_summary_and_metrics(tmp_path, capsys):
     assert summary["peak_saved_bytes"] > 0 and 0 <= summary["test_accuracy"] <= 1
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "environment.json",
+                                                     "metrics.csv", "metrics.jsonl", "summary.json"]
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -20,6 +20,9 @@ COMMANDS = {
     "costs": "costs",
     "grad-sim": "grad_sim",
     "plan": "plan",
+    "presets": "presets",
+    "sweep": "sweep",
+    "report": "report",
 }
 
 

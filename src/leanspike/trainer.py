@@ -1,41 +1,72 @@
-"""A plain training loop: build model, data and method from a config, train, evaluate, measure.
+"""The training loop: build a run from a config, train, evaluate, measure, survive faults.
 
-The loop is deliberately small: everything that differs between methods lives in the
-method's schedule, so this file only moves batches, keeps metrics and writes results.
-Results go to ``out/summary.json`` (written atomically) and ``out/metrics.jsonl``
-(one complete line per epoch).
+Everything that differs between methods lives in the method's schedule, so this file
+only moves batches, keeps metrics and writes results. A run with a results folder
+(``out``) leaves there:
+
+- ``config.yaml``: the resolved config (re-runs it exactly), ``environment.json``;
+- ``metrics.jsonl`` / ``metrics.csv`` (one row per finished epoch), TensorBoard events
+  when installed;
+- ``checkpoint.pt``: written atomically after every epoch and when SIGINT/SIGTERM
+  arrives (then mid-epoch, after the running batch); ``resume=True`` continues from it;
+- ``summary.json`` once the run has finished.
+
+Reproducibility: every source of randomness is either seeded from ``seed`` or stored in
+the checkpoint (torch's global RNG, the DataLoader generator, the SLTT-K step
+generator; the local method's classifiers are saved with the weights), so on CPU a
+run killed at any point and resumed ends with the same weights and metrics as one
+that never stopped. A NaN or infinite loss stops the run with a one-line error and
+leaves the last good checkpoint in place.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
-import os
+import math
+import signal
 import statistics
-import tempfile
+import sys
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, Subset
 
+from . import distributed as dist_utils
+from .checkpoint import (FILENAME, atomic_write_text, checkpoint_path, generator_state, load_checkpoint, rng_state, save_checkpoint,
+                         set_generator_state, set_rng_state, state_mismatch)
 from .engine import infer
 from .errors import UserError
-from .losses import make_loss
-from .measure import SavedTensorMeter, peak_rss_bytes, reset_peak_rss
-from .methods import BPTT, SLTT, SLTTK, TBPTT, Method
-from .neuron import LIF
-from .surrogate import make_surrogate
+from .experiments import config as C
+from .experiments.build import (DataBundle, build_method, build_model, build_optimizer, build_scheduler,
+                                load_data)
+from .experiments.logs import CONFIG, ENVIRONMENT, SUMMARY, MetricsLog, environment, write_json
+from .measure import SavedTensorMeter, cuda_peak_bytes, peak_rss_bytes, reset_cuda_peak, reset_peak_rss
+from .methods import Method, SLTTK, TruncatedLocalBPTT
+from .state import reset_states
 
-METHOD_NAMES = ("bptt", "tbptt", "sltt", "sltt-k")
+METHOD_NAMES = C.METHODS
+ExperimentConfig = C.ExperimentConfig
+
+#: fields a resumed run may change (where data lives, how it is loaded, where it runs)
+RESUMABLE_CHANGES = ("data.root", "data.workers", "data.test_batch_size", "device", "tensorboard", "init_from",
+                     "requires_init")
+#: per-epoch row keys that measure time, not learning (left out of reproducibility checks)
+TIMING_KEYS = ("epoch_time_s", "samples_per_s")
 
 
 @dataclass
 class TrainConfig:
+    """A flat config for quick use from Python (``leanspike demo`` uses it).
+
+    ``extra`` holds dotted overrides of the full :class:`ExperimentConfig`
+    (e.g. ``{"optimizer.name": "adam"}``).
+    """
+
     dataset: str = "digits"
     data_root: str | None = None
     model: str = "spiking_cnn"
@@ -43,11 +74,14 @@ class TrainConfig:
     T: int = 4
     k: int | None = None
     K: int | None = None
+    n: int | None = None
     epochs: int = 10
     batch_size: int = 32
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
     seed: int = 0
     tau: float = 2.0
     v_threshold: float = 1.0
@@ -57,217 +91,532 @@ class TrainConfig:
     max_batches: int | None = None  # per epoch; for smoke runs
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def to_experiment(self) -> ExperimentConfig:
+        cfg = C.ExperimentConfig(
+            data=C.DataConfig(name=self.dataset, root=self.data_root),
+            model=C.ModelConfig(name=self.model),
+            method=C.MethodConfig(name=self.method, k=self.k, K=self.K, n=self.n),
+            neuron=C.NeuronConfig(tau=self.tau, v_threshold=self.v_threshold, surrogate=self.surrogate),
+            loss=C.LossConfig(name=self.loss),
+            optimizer=C.OptimizerConfig(name=self.optimizer, lr=self.lr, momentum=self.momentum,
+                                        weight_decay=self.weight_decay),
+            schedule=C.ScheduleConfig(name=self.schedule),
+            T=self.T, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, max_batches=self.max_batches)
+        cfg = C.from_dict(C.to_dict(cfg))  # type-checks the flat fields
+        return C.apply_overrides(cfg, self.extra) if self.extra else cfg
+
     def validate(self) -> None:
-        if self.method not in METHOD_NAMES:
-            raise UserError(f"unknown method {self.method!r}; expected one of {', '.join(METHOD_NAMES)}")
-        for name in ("T", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-        if self.method == "tbptt":
-            if self.k is None:
-                raise UserError("--method tbptt needs --k (interval length, 1 <= k <= T)")
-            if not 1 <= self.k <= self.T:
-                raise UserError(f"--k {self.k} is out of range: expected 1 <= k <= T = {self.T}")
-        if self.method == "sltt-k":
-            if self.K is None:
-                raise UserError("--method sltt-k needs --K (steps with backward, 1 <= K <= T)")
-            if not 1 <= self.K <= self.T:
-                raise UserError(f"--K {self.K} is out of range: expected 1 <= K <= T = {self.T}")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be > 0, got {self.lr}")
-        if self.tau < 1:
-            raise UserError(f"--tau must be >= 1 (decay = 1 - 1/tau), got {self.tau}")
+        C.validate(self.to_experiment())
 
 
-def build_method(cfg: TrainConfig) -> Method:
-    try:
-        loss = make_loss(cfg.loss)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    if cfg.method == "bptt":
-        return BPTT(loss)
-    if cfg.method == "tbptt":
-        return TBPTT(int(cfg.k), loss)  # type: ignore[arg-type]
-    if cfg.method == "sltt":
-        return SLTT(loss)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    return SLTTK(int(cfg.K), loss, generator=gen)  # type: ignore[arg-type]
+# ------------------------------------------------------------------------------ helpers
+class _ResumableBatches(Sampler[list[int]]):
+    """Batches of an epoch; ``skip`` drops the first ones once (resuming mid-epoch)
+    without loading them, so no data transform consumes randomness for them."""
+
+    def __init__(self, batches: BatchSampler) -> None:
+        self.batches = batches
+        self.skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        it = iter(self.batches)
+        for _ in range(skip):
+            if next(it, None) is None:
+                return
+        yield from it
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
-def neuron_factory(cfg: TrainConfig) -> Callable[[], nn.Module]:
-    try:
-        surrogate = make_surrogate(cfg.surrogate, v_threshold=cfg.v_threshold)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    return partial(LIF, tau=cfg.tau, v_threshold=cfg.v_threshold, surrogate=surrogate)
+class _StopFlag:
+    """SIGINT/SIGTERM → finish the running batch, checkpoint, stop. A second SIGINT
+    stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal API
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "_StopFlag":
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
-@dataclass
-class DataBundle:
-    train: Dataset
-    test: Dataset
-    in_channels: int
-    input_size: tuple[int, int]
-    num_classes: int
-    encode: Callable[[torch.Tensor, int], torch.Tensor]  # [B, ...] batch -> [T, B, ...]
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on a signal after saving a checkpoint."""
 
 
-def repeat_over_time(x: torch.Tensor, T: int) -> torch.Tensor:
-    """Direct encoding: the same static input at every step."""
-    return x.unsqueeze(0).expand(T, *x.shape)
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
-def load_data(cfg: TrainConfig) -> DataBundle:
-    if cfg.dataset == "digits":
-        from .data.builtin import load_digits_split
-
-        train, test = load_digits_split(seed=0)
-        return DataBundle(train, test, 1, (8, 8), 10, repeat_over_time)
-    try:
-        from .data import build_dataset  # type: ignore[attr-defined]
-    except ImportError:
-        raise UserError(f"unknown dataset {cfg.dataset!r}; expected digits") from None
-    train, info = build_dataset(cfg.dataset, cfg.data_root, train=True, T=cfg.T)
-    test, _ = build_dataset(cfg.dataset, cfg.data_root, train=False, T=cfg.T)
-    from .data import to_time_major  # type: ignore[attr-defined]
-
-    return DataBundle(train, test, info.in_channels, tuple(info.input_size), info.num_classes,
-                      lambda x, T: to_time_major(x, T, info.encoding))
+def _resolve_device(cfg: ExperimentConfig, local_rank: int) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {cfg.device}: CUDA is not available on this machine")
+    if cfg.device == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(cfg.device)
 
 
-def build_model(cfg: TrainConfig, data: DataBundle) -> nn.Module:
-    neuron = neuron_factory(cfg)
-    try:
-        from .models.registry import build_model as registry_build  # type: ignore[import-not-found]
-    except ImportError:
-        registry_build = None
-    if registry_build is not None:
-        try:
-            return registry_build(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes,
-                                  input_size=data.input_size, neuron=neuron)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    from .models.small import spiking_cnn
-
-    if cfg.model != "spiking_cnn":
-        raise UserError(f"unknown model {cfg.model!r}; expected spiking_cnn")
-    return spiking_cnn(data.in_channels, data.num_classes, data.input_size, neuron=neuron)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def prepare_out_dir(out: str | None) -> Path | None:
-    if out is None:
-        return None
-    path = Path(out)
-    if path.exists() and not path.is_dir():
+def _check_out_dir(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        raise UserError(f"--out {out}: directory exists and is not empty; choose a new one")
-    return path
+    if resume:
+        if not (out / CONFIG).is_file():
+            raise UserError(f"--resume: {out} is not a leanspike run folder (no {CONFIG})")
+    elif out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {out}: directory exists and is not empty; choose a new one or pass --resume")
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        name = prefix + key
+        if isinstance(va, dict) and isinstance(vb, dict) and not name.endswith("options"):
+            out += _differences(va, vb, name + ".")
+        elif va != vb:
+            out.append(name)
+    return out
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, T: int, encode) -> float:
+def evaluate(model: nn.Module, loader: DataLoader, T: int, encode, device: torch.device | None = None,
+             autocast=contextlib.nullcontext) -> tuple[int, int]:
+    """(correct, total) over ``loader``; inference over all T steps, state reset per batch."""
     model.eval()
     correct = total = 0
     for x, y in loader:
-        pred = infer(model, encode(x, T)).argmax(1)
+        if device is not None:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            pred = infer(model, encode(x, T)).argmax(1)
         correct += int((pred == y).sum())
         total += len(y)
-    return correct / max(total, 1)
+    return correct, total
 
 
-def train(cfg: TrainConfig, progress: bool = True, metered_iterations: int = 3) -> dict[str, Any]:
-    """Train per ``cfg``; returns the summary (also written to ``cfg.out`` when set)."""
-    cfg.validate()
-    out = prepare_out_dir(cfg.out)
-    method = build_method(cfg)
-    try:
-        method.validate(cfg.T)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
-    model = build_model(cfg, data)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=False)
-    test_loader = DataLoader(data.test, batch_size=256)
+# --------------------------------------------------------------------------------- run
+class _Run:
+    """One training run: built objects, their state, and the epoch loop."""
 
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    reset_peak_rss()
-    peak_saved = 0
-    iter_times: list[float] = []
-    metrics: list[dict[str, Any]] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    def __init__(self, cfg: ExperimentConfig, out: Path | None, resume: bool, progress: bool,
+                 metered_iterations: int) -> None:
+        self.cfg, self.out, self.progress, self.metered = cfg, out, progress, metered_iterations
+        C.validate(cfg)
+        if resume and out is None:
+            raise UserError("--resume needs --out: the folder of the run to continue")
+        self.dist = dist_utils.init_from_env(use_cuda=cfg.device != "cpu" and torch.cuda.is_available())
+        self.rank = self.dist.rank if self.dist else 0
+        self.world = self.dist.world_size if self.dist else 1
+        self.main = self.rank == 0
+        self.device = _resolve_device(cfg, self.dist.local_rank if self.dist else 0)
+        self._agree(lambda: out is None or _check_out_dir(out, resume))  # collective: every rank calls it
+        ckpt = None
+        if resume:
+            path = out / FILENAME  # type: ignore[operator]
+            if path.exists():
+                ckpt = load_checkpoint(path, "--resume checkpoint")
+                diffs = [d for d in _differences(C.to_dict(cfg), ckpt.get("config", {}))
+                         if d not in RESUMABLE_CHANGES]
+                if diffs:
+                    raise UserError(f"--resume: config field {diffs[0]} differs from the run's "
+                                    f"({C.get_path(cfg, diffs[0])!r}); resume with the run's own config")
+                if ckpt.get("world_size", 1) != self.world:
+                    raise UserError(f"--resume: the run used {ckpt.get('world_size')} processes, this one "
+                                    f"{self.world}; resume with the same number")
+        self._build()
+        self._state_from(ckpt)
 
-        bar = tqdm(total=cfg.epochs * (cfg.max_batches or len(train_loader)), desc=cfg.method,
-                   unit="it", leave=False, dynamic_ncols=True)
-    iteration = 0
-    for epoch in range(cfg.epochs):
+    def _agree(self, check) -> None:
+        """Run a check on rank 0 and raise the same error on every rank."""
+        error = None
+        if self.main:
+            try:
+                check()
+            except UserError as exc:
+                error = str(exc)
+        if self.dist:
+            error = dist_utils.broadcast_object(error)
+        if error is not None:
+            raise UserError(error)
+
+    # -- building ----------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.data: DataBundle = load_data(cfg)
+        self.model = build_model(cfg, self.data)
+        self.method: Method = build_method(cfg, self.rank)
+        self._probe()
+        if cfg.init_from:
+            self._load_init(cfg.init_from)
+        self.model.to(self.device)
+        heads = self._heads()
+        for h in heads:
+            h.to(self.device)
+        if self.dist:
+            dist_utils.broadcast_tensors(dist_utils.module_tensors(self.model, *heads), src=0)
+            self.method.grad_sync = dist_utils.GradAllReduce(self._parameters, self.world)
+            if self.rank:
+                torch.manual_seed(cfg.seed + 7919 * self.rank)  # own dropout masks per rank
+        self.log: MetricsLog | None = None
+        self.metered_done = 0  # iterations measured by the saved-tensor meter in this process
+        self.optimizer = build_optimizer(cfg, self._parameters())
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
+        self.use_amp = cfg.amp and cuda
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp and self.amp_dtype == torch.float16 else None
+        self.loader_gen = torch.Generator().manual_seed(cfg.seed)
+        if self.dist:
+            from torch.utils.data.distributed import DistributedSampler
+
+            self.sampler: Sampler = DistributedSampler(self.data.train, num_replicas=self.world, rank=self.rank,
+                                                       shuffle=True, seed=cfg.seed)
+        else:
+            self.sampler = RandomSampler(self.data.train, generator=self.loader_gen)
+        self.batches = _ResumableBatches(BatchSampler(self.sampler, cfg.batch_size, drop_last=False))
+        self.train_loader = DataLoader(self.data.train, batch_sampler=self.batches, num_workers=cfg.data.workers,
+                                       generator=self.loader_gen, pin_memory=cuda)
+        test = self.data.test
+        if self.dist:
+            test = Subset(test, list(range(self.rank, len(test), self.world)))
+        self.test_loader = DataLoader(test, batch_size=cfg.data.test_batch_size, shuffle=False,
+                                      num_workers=cfg.data.workers, pin_memory=cuda,
+                                      generator=torch.Generator().manual_seed(0))
+
+    def _parameters(self) -> list[nn.Parameter]:
+        return [*self.model.parameters(), *self.method.extra_parameters()]
+
+    def _heads(self) -> list[nn.Module]:
+        return list(self.method.heads or []) if isinstance(self.method, TruncatedLocalBPTT) else []
+
+    def _probe(self) -> None:
+        """One sample through the model before anything is written: a model that does not
+        fit the data, or local blocks that do not fit the model, fail here in one line."""
+        cfg, model = self.cfg, self.model
+        try:
+            x0 = self.data.train[0][0]
+        except Exception as exc:  # a reader's own error on the first sample
+            raise UserError(f"dataset {cfg.data.name}: cannot read the first training sample: "
+                            f"{_one_line(exc)}") from None
+        inputs = self.data.encode(x0.unsqueeze(0), cfg.T, torch.Generator().manual_seed(0))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(inputs[0])
+            if out.dim() != 2 or out.shape[1] != self.data.num_classes:
+                raise ValueError(f"output shaped {tuple(out.shape)}, expected [B, {self.data.num_classes}]")
+        except (RuntimeError, ValueError) as exc:
+            raise UserError(f"input shaped {tuple(inputs.shape[1:])} does not fit model {cfg.model.name}: "
+                            f"{_one_line(exc)}") from None
+        finally:
+            reset_states(model)
+            model.train(was_training)
+        if isinstance(self.method, TruncatedLocalBPTT):
+            try:
+                self.method.engine(model, inputs)  # builds the local classifiers now, from the seed
+            except ValueError as exc:
+                raise UserError(f"--n {cfg.method.n} does not fit model {cfg.model.name}: {_one_line(exc)}") from None
+
+    def _load_init(self, source: str) -> None:
+        ckpt = load_checkpoint(source, "--init-from")
+        problem = state_mismatch(self.model, ckpt["model"])
+        if problem is not None:
+            raise UserError(f"--init-from {checkpoint_path(source)} does not fit model {self.cfg.model.name}: "
+                            f"{problem}")
+        self.model.load_state_dict(ckpt["model"])
+
+    # -- state --------------------------------------------------------------------------
+    def _state_from(self, ckpt: dict[str, Any] | None) -> None:
+        self.epoch = 0  # finished epochs
+        self.batch = 0  # finished batches of the running epoch
+        self.rows: list[dict[str, Any]] = []
+        self.accum = {"seen": 0.0, "correct": 0.0, "loss_sum": 0.0}
+        self.peak_saved = 0
+        self.iter_times: list[float] = []
+        self.epoch_start_loader: torch.Tensor = self.loader_gen.get_state()
+        self.resumed_from: int | None = None
+        self.prior_peak_rss = 0
+        if ckpt is None:
+            return
+        problem = state_mismatch(self.model, ckpt["model"])
+        if problem is not None:
+            raise UserError(f"--resume: the checkpoint does not fit model {self.cfg.model.name}: {problem}")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            heads = self._heads()
+            for h, sd in zip(heads, ckpt.get("heads") or []):
+                h.load_state_dict(sd)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if self.scaler is not None and ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+            rngs = ckpt["rng"]
+            set_rng_state(rngs[self.rank] if isinstance(rngs, list) else rngs)
+            self.epoch_start_loader = ckpt["loader"]
+            self.loader_gen.set_state(ckpt["loader"])
+            if isinstance(self.method, SLTTK):
+                gens = ckpt.get("method_rng")
+                set_generator_state(self.method.generator, gens[self.rank] if isinstance(gens, list) else gens)
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise UserError(f"--resume: checkpoint does not fit this run: {_one_line(exc)}") from None
+        self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
+        self.rows = list(ckpt["metrics"])
+        self.accum = dict(ckpt["accum"])
+        self.peak_saved = int(ckpt["peak_saved_bytes"])
+        self.iter_times = list(ckpt.get("iter_times", []))
+        self.prior_peak_rss = int(ckpt.get("peak_rss_bytes", 0))
+        self.resumed_from = self.epoch
+        self.batches.skip = self.batch
+
+    def _gather(self, value: Any) -> Any:
+        """Every rank's ``value`` as a list (rank order); the value itself on one process."""
+        if not self.dist:
+            return value
+        import torch.distributed as dist
+
+        box: list[Any] = [None] * self.world
+        dist.all_gather_object(box, value)
+        return box
+
+    def _checkpoint(self) -> None:
+        rngs = self._gather(rng_state())
+        method_rng = self._gather(generator_state(self.method.generator)) if isinstance(self.method, SLTTK) else None
+        if not self.main or self.out is None:
+            return
+        heads = self._heads()
+        save_checkpoint(self.out / FILENAME, {
+            "epoch": self.epoch, "batch": self.batch,
+            "model": self.model.state_dict(),
+            "heads": [h.state_dict() for h in heads] if heads else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rngs, "loader": self.epoch_start_loader if self.batch else self.loader_gen.get_state(),
+            "method_rng": method_rng,
+            "metrics": self.rows, "accum": self.accum,
+            "peak_saved_bytes": self.peak_saved, "iter_times": self.iter_times[-200:],
+            "peak_rss_bytes": max(peak_rss_bytes(), self.prior_peak_rss),
+            "config": C.to_dict(self.cfg), "world_size": self.world,
+        })
+
+    # -- the loop -----------------------------------------------------------------------
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def _batches_per_epoch(self) -> int:
+        n = len(self.batches)
+        return min(n, self.cfg.max_batches) if self.cfg.max_batches else n
+
+    def _sync_flags(self, stop: bool, bad: bool) -> tuple[bool, bool]:
+        if not self.dist:
+            return stop, bad
+        s, b = dist_utils.all_reduce_sum([float(stop), float(bad)], self.device)
+        return s > 0, b > 0
+
+    def _interrupt(self, flag: _StopFlag, where: str) -> None:
+        name = signal.Signals(flag.signum).name if flag.signum else "signal"
+        if self.main:
+            saved = f"checkpoint saved to {self.out / FILENAME}; continue with --resume --out {self.out}" \
+                if self.out is not None else "no --out, nothing saved"
+            print(f"interrupted by {name} {where}: {saved}", file=sys.stderr, flush=True)
+        raise Interrupted()
+
+    def train_epoch(self, flag: _StopFlag) -> None:
+        cfg, model, method = self.cfg, self.model, self.method
+        epoch = self.epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        if self.batch == 0:
+            self.epoch_start_loader = self.loader_gen.get_state()
+            self.accum = {"seen": 0.0, "correct": 0.0, "loss_sum": 0.0}
+        total = self._batches_per_epoch()
+        bar = None
+        if self.progress and self.main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.batch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                       leave=False, dynamic_ncols=True, file=sys.stderr)
+        started = time.perf_counter()
+        seen_at_start = self.accum["seen"]
+        cuda = self.device.type == "cuda"
         model.train()
-        seen = correct = 0
-        loss_sum = 0.0
-        for b, (x, y) in enumerate(train_loader):
-            if cfg.max_batches is not None and b >= cfg.max_batches:
+        for b, (x, y) in enumerate(self.train_loader, start=self.batch):
+            if b >= total:
                 break
-            inputs = data.encode(x, cfg.T)
-            start = time.perf_counter()
-            if iteration < metered_iterations:
-                with SavedTensorMeter(exclude=[model, inputs]) as meter:
-                    result = method.train_step(model, inputs, y, optimizer)
-                peak_saved = max(peak_saved, meter.peak_bytes)
-            else:
-                result = method.train_step(model, inputs, y, optimizer)
-                iter_times.append(time.perf_counter() - start)
-            if not torch.isfinite(torch.tensor(result.loss)):
-                raise UserError(f"loss became {result.loss} at epoch {epoch + 1}, step {b + 1}; "
-                                f"lower --lr")
-            iteration += 1
-            seen += len(y)
-            correct += int((result.predictions == y).sum())
-            loss_sum += result.loss * len(y)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            inputs = self.data.encode(x, cfg.T)
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            t0 = time.perf_counter()
+            metered = self.metered_done < self.metered
+            with self._autocast():
+                if metered:
+                    with SavedTensorMeter(exclude=[model, *self._heads(), inputs]) as meter:
+                        result = method.train_step(model, inputs, y, self.optimizer, self.scaler)
+                    self.peak_saved = max(self.peak_saved, meter.peak_bytes)
+                    self.metered_done += 1
+                else:
+                    result = method.train_step(model, inputs, y, self.optimizer, self.scaler)
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            if not metered:
+                self.iter_times.append(time.perf_counter() - t0)
+            stop, bad = self._sync_flags(flag.signum is not None, not math.isfinite(result.loss))
+            if bad:
+                kept = (f"the last good checkpoint ({self.out / FILENAME}) is kept"
+                        if self.out is not None and (self.out / FILENAME).exists() else "no checkpoint was written")
+                raise UserError(f"loss became {result.loss} at epoch {epoch + 1}, step {b + 1}; {kept}; "
+                                f"lower the learning rate (--lr)")
+            n = len(y)
+            self.accum["seen"] += n
+            self.accum["correct"] += int((result.predictions == y).sum())
+            self.accum["loss_sum"] += result.loss * n
+            self.batch = b + 1
             if bar is not None:
+                elapsed = max(time.perf_counter() - started, 1e-9)
                 bar.update()
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        scheduler.step()
-        test_acc = evaluate(model, test_loader, cfg.T, data.encode)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-               "train_accuracy": correct / max(seen, 1), "test_accuracy": test_acc,
-               "lr": optimizer.param_groups[0]["lr"]}
-        metrics.append(row)
-        if out is not None:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-    if bar is not None:
-        bar.close()
-    summary = {
-        "method": cfg.method, "model": cfg.model, "dataset": cfg.dataset, "T": cfg.T, "k": cfg.k, "K": cfg.K,
-        "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "test_accuracy": metrics[-1]["test_accuracy"] if metrics else None,
-        "peak_saved_bytes": peak_saved, "peak_rss_bytes": peak_rss_bytes(),
-        "s_per_iter": statistics.median(iter_times) if iter_times else None,
-        "config": dataclasses.asdict(cfg),
-    }
-    if out is not None:
-        write_json_atomic(out / "summary.json", summary)
-    return summary
+                bar.set_postfix(loss=f"{self.accum['loss_sum'] / self.accum['seen']:.4f}",
+                                acc=f"{self.accum['correct'] / self.accum['seen']:.3f}",
+                                samples_s=f"{(self.accum['seen'] - seen_at_start) / elapsed:.0f}")
+            if stop:
+                if bar is not None:
+                    bar.close()
+                self._checkpoint()
+                self._interrupt(flag, f"at epoch {epoch + 1}, step {b + 1}")
+        if bar is not None:
+            bar.close()
+        epoch_time = time.perf_counter() - started
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        seen, correct, loss_sum = self.accum["seen"], self.accum["correct"], self.accum["loss_sum"]
+        if self.dist:
+            seen, correct, loss_sum = dist_utils.all_reduce_sum([seen, correct, loss_sum], self.device)
+        test_acc = None
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            test_acc = self.evaluate()
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+               "test_accuracy": test_acc, "lr": lr, "epoch_time_s": round(epoch_time, 4),
+               "samples_per_s": round((self.accum["seen"] - seen_at_start) * self.world / max(epoch_time, 1e-9), 2)}
+        self.rows.append(row)
+        self.epoch, self.batch = epoch + 1, 0
+        self._checkpoint()
+        if self.main and self.log is not None:
+            self.log.write(self.rows)
+        if self.progress and self.main:
+            from tqdm import tqdm
+
+            shown = "-" if test_acc is None else f"{test_acc:.4f}"
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}  train acc "
+                       f"{row['train_accuracy']:.4f}  test acc {shown}  ({epoch_time:.1f} s)", file=sys.stderr)
+        if flag.signum is not None:
+            self._interrupt(flag, f"after epoch {epoch + 1}")
+
+    def evaluate(self) -> float:
+        if self.dist:
+            dist_utils.broadcast_tensors([b for b in self.model.buffers() if b.is_floating_point()], src=0)
+        correct, total = evaluate(self.model, self.test_loader, self.cfg.T, self.data.encode, self.device,
+                                  self._autocast)
+        if self.dist:
+            correct, total = dist_utils.all_reduce_sum([correct, total], self.device)
+        return correct / max(total, 1)
+
+    def run(self) -> dict[str, Any]:
+        cfg, out = self.cfg, self.out
+        if out is not None and self.main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / CONFIG, C.to_yaml(cfg))
+            if not (out / ENVIRONMENT).exists():
+                write_json(out / ENVIRONMENT, environment(self.device, self.world,
+                                                          self.dist.backend if self.dist else None))
+            self.log = MetricsLog(out, cfg.tensorboard, first_epoch=self.epoch)
+            self.log.write(self.rows)  # drops the rows of an epoch a crash cut short
+        reset_peak_rss()
+        if self.device.type == "cuda":
+            reset_cuda_peak(self.device)
+        start = time.perf_counter()
+        try:
+            with _StopFlag() as flag:
+                while self.epoch < cfg.epochs:
+                    self.train_epoch(flag)
+        finally:
+            if self.log is not None:
+                self.log.close()
+        summary = self.summary(time.perf_counter() - start)
+        if out is not None and self.main:
+            write_json(out / SUMMARY, summary)
+        return summary
+
+    def summary(self, train_time: float) -> dict[str, Any]:
+        cfg = self.cfg
+        evaluated = [r["test_accuracy"] for r in self.rows if r["test_accuracy"] is not None]
+        peak_rss = max(peak_rss_bytes(), self.prior_peak_rss)
+        if self.dist:
+            peak_rss = int(dist_utils.all_reduce_max(float(peak_rss), self.device))
+        last = self.rows[-1] if self.rows else {}
+        eff = C.effective(cfg)
+        return {
+            "name": cfg.name, "method": cfg.method.name, "model": cfg.model.name, "dataset": cfg.data.name,
+            "T": cfg.T, "k": eff["k"], "K": eff["K"], "n": eff["n"], "classifier": eff["classifier"],
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cfg.seed, "world_size": self.world,
+            "test_accuracy": evaluated[-1] if evaluated else None,
+            "best_test_accuracy": max(evaluated) if evaluated else None,
+            "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss"),
+            "peak_saved_bytes": self.peak_saved, "peak_rss_bytes": peak_rss,
+            "cuda_peak_bytes": cuda_peak_bytes(self.device) if self.device.type == "cuda" else None,
+            "s_per_iter": statistics.median(self.iter_times) if self.iter_times else None,
+            "train_time_s": round(train_time, 3), "device": str(self.device),
+            "resumed_from_epoch": self.resumed_from,
+        }
+
+
+def train(cfg: TrainConfig | ExperimentConfig, *, out: str | Path | None = None, resume: bool = False,
+          progress: bool = True, metered_iterations: int = 3) -> dict[str, Any]:
+    """Train per ``cfg``; returns the summary (also written to ``out`` when given).
+
+    With a :class:`TrainConfig`, ``out`` defaults to ``cfg.out``. ``resume=True``
+    continues the run in ``out`` from its checkpoint (from scratch if it has none yet;
+    a finished run's summary is returned as is). Under ``torchrun`` the run is
+    data-parallel over the launched processes.
+    """
+    if isinstance(cfg, TrainConfig):
+        out = cfg.out if out is None else out
+        cfg = cfg.to_experiment()
+    out_path = Path(out).expanduser() if out is not None else None
+    if resume and out_path is not None and (out_path / SUMMARY).is_file():
+        return json.loads((out_path / SUMMARY).read_text())
+    owns_group = dist_utils.env_world_size() > 1 and not _dist_initialized()
+    try:
+        return _Run(cfg, out_path, resume, progress, metered_iterations).run()
+    finally:
+        if owns_group:
+            dist_utils.shutdown()
+
+
+def _dist_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
