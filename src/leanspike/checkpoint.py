@@ -79,6 +79,13 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     if not p.is_file():
         raise UserError(f"{what} {p}: not a file")
     try:
+        with open(p, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise UserError(f"{what} {p}: cannot read ({exc.strerror or exc})") from None
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise UserError(f"{what} {p} is corrupt or not a torch checkpoint (not a torch zip archive)")
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             data = torch.load(p, map_location="cpu", weights_only=True)
