@@ -51,3 +51,40 @@ def test_existing_output_directory_is_refused(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_progress_bar_and_tensorboard_scalars(tmp_path, capsys, monkeypatch):
+    """tqdm shows loss, accuracy and speed; TensorBoard (an optional extra, faked here)
+    receives every numeric metric once per epoch."""
+    import sys
+    import types
+
+    events = []
+
+    class FakeWriter:
+        def __init__(self, log_dir, purge_step=None):
+            events.append(("init", log_dir, purge_step))
+
+        def add_scalar(self, tag, value, step):
+            events.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            events.append(("close",))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--model", "spiking_mlp", "--T", "2", "--epochs", "2",
+                 "--max-batches", "3", "--batch-size", "16", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "loss=" in err and "acc=" in err and "samples_s=" in err and "batch/s" in err
+    assert "epoch 2/2: loss" in err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events[0] == ("init", str(out / "tensorboard"), 1) and events[-1] == ("close",)
+    for row in rows:
+        assert ("test_accuracy", row["test_accuracy"], row["epoch"]) in events
+        assert ("train_loss", row["train_loss"], row["epoch"]) in events
