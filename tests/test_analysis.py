@@ -78,10 +78,10 @@ def test_similarity_matches_a_direct_computation(decay):
         assert sim.mean < 1 - 1e-7
 
 
-def test_analysis_replays_dropout_and_restores_buffers():
+def test_analysis_replays_dropout_and_restores_buffers(float64):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 12), nn.BatchNorm1d(12), LIF(tau=2.0), SequenceDropout(0.5),
-                          nn.Linear(12, 4)).double()
+                          nn.Linear(12, 4))
     before = {n: b.clone() for n, b in model.named_buffers()}
     x = torch.rand(4, 8, 6, dtype=torch.float64) * 3
     y = torch.randint(0, 4, (8,))

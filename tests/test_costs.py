@@ -10,14 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from leanspike import BPTT, LIF
+from leanspike import LIF, TruncatedLocalBPTT
+from leanspike.blocks import split_blocks
 from leanspike.costs import (CostSetting, analyze, figure_of_merit, measure_densities, plan_blocks, profile_model,
                              scalar_multiplications, with_densities)
-from leanspike.measure import SavedTensorMeter
 
 
 def tiny():
-    """conv(1→4, 3×3, pad 1) → LIF → pool 2 → flatten → fc(64→8) → LIF → fc(8→3) → LIF, on 1×8×8."""
+    """conv(1→4, 3×3, pad 1) → LIF → pool 2 → flatten → fc(64→8) → LIF, then the spiking output
+    layer fc(8→3) → LIF (the last block's classifier, not a layer), on 1×8×8."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), LIF(tau=2.0), nn.AvgPool2d(2), nn.Flatten(),
                          nn.Linear(64, 8), LIF(tau=2.0), nn.Linear(8, 3), LIF(tau=2.0))
@@ -36,23 +37,14 @@ def lenet(widths, in_ch, size, classes):
 
 def test_profile_counts_match_hand_counts():
     p = profile_model(tiny(), (1, 8, 8), 3)
-    assert [u.params for u in p.units] == [4 * 9 + 4, 64 * 8 + 8, 8 * 3 + 3]
-    assert [u.states for u in p.units] == [4 * 8 * 8, 8, 3]
-    assert [u.macs for u in p.units] == [4 * 8 * 8 * 9, 64 * 8, 8 * 3]
-    assert [u.out_features for u in p.units] == [64, 8, 3]
+    assert p.depth == 2
+    assert [u.params for u in p.all_units] == [4 * 9 + 4, 64 * 8 + 8, 8 * 3 + 3]
+    assert [u.states for u in p.all_units] == [4 * 8 * 8, 8, 3]
+    assert [u.macs for u in p.all_units] == [4 * 8 * 8 * 9, 64 * 8, 8 * 3]
+    assert [u.out_features for u in p.all_units] == [64, 8, 3]
     # graph per step: unit 0 keeps u−V_th (256) and the pool's input (256); the input is excluded
-    # unit 1: the fc input (64, the pooled spikes) + its LIF (8); unit 2: fc input (8) + LIF (3)
-    assert [u.graph for u in p.units] == [512, 72, 11]
-
-
-def test_analytic_graph_matches_measured_saved_bytes():
-    model = tiny()
-    p = profile_model(model, (1, 8, 8), 3)
-    x, y = torch.rand(3, 5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
-    with SavedTensorMeter(exclude=[model, x]) as meter:
-        BPTT().compute_gradients(model, x, y)
-    predicted = 3 * 5 * p.graph * 4  # T·B·elements·4 bytes
-    assert abs(meter.peak_bytes - predicted) / meter.peak_bytes < 0.05
+    # unit 1: the fc input (64, the pooled spikes) + its LIF (8); output: fc input (8) + LIF (3)
+    assert [u.graph for u in p.all_units] == [512, 72, 11]
 
 
 def test_measured_densities_are_the_fraction_of_nonzero_inputs():
@@ -78,7 +70,7 @@ def test_measured_densities_are_the_fraction_of_nonzero_inputs():
 
 
 def test_equations_11_to_16_by_hand():
-    """T = 2, k = 2, n = 1, batch 2, α = 0.5 everywhere, structure "method" (3 blocks, 2 heads)."""
+    """T = 2, k = 2, n = 1, batch 2, α = 0.5 everywhere: blocks [conv] + head, [fc] + output layer."""
     p = with_densities(profile_model(tiny(), (1, 8, 8), 3), spike_density=0.5, input_density=0.5)
     r = analyze(p, CostSetting(T=2, k=2, n=1, batch=2))
     B = 2
@@ -101,14 +93,17 @@ def test_equations_11_to_16_by_hand():
     assert h0.writes == 2 * Uc + 2 * (wc + Uc)
     assert h0.additions == 2 * 0.5 * B * f * 3 + (2 * Uc + B * 0.5 * wc) + B * 0.5 * wc
     assert h0.macs == 2 * B * f * 3
-    last = rows["2:Linear+LIF"]  # the output block: no classifier, no upper weights
-    assert last.reads == 2 * (W[2] + U[2]) + (W[2] + 2 * U[2])
-    # the whole network as one block (BPTT): unit 1 reads unit 2's weights in the backward pass
-    bp = {row.name: row for row in analyze(p, CostSetting(T=2, k=2, n=3, batch=2)).rows}
-    u1 = bp["1:Linear+LIF"]
-    assert u1.reads == 2 * (W[1] + U[1]) + (W[1] + 2 * U[1] + W[2]) + (W[2] + U[1])
-    assert u1.macs == 2 * M[1]
-    assert bp["2:Linear+LIF"].macs == 2 * M[2]
+    assert [row.name for row in r.rows] == ["0:Conv2d+LIF+AvgPool2d+Flatten", "head0", "1:Linear+LIF", "output"]
+    top = rows["1:Linear+LIF"]  # top of the last block: its upper weights are the classifier's
+    assert top.reads == 2 * (W[1] + U[1]) + (W[1] + 2 * U[1])
+    out = rows["output"]  # the spiking output layer is the last block's classifier (Wc = 27, Uc = B·3)
+    assert out.reads == 2 * (W[2] + U[2]) + (2 * W[2] + 3 * U[2]) + W[2]
+    assert out.macs == 2 * M[2]
+    # the whole network as one block (BPTT): unit 0 reads unit 1's weights in the backward pass
+    bp = {row.name: row for row in analyze(p, CostSetting(T=2, k=2, n=2, batch=2)).rows}
+    u0 = bp["0:Conv2d+LIF+AvgPool2d+Flatten"]
+    assert u0.reads == 2 * (W[0] + U[0]) + (W[0] + 2 * U[0] + W[1]) + (W[1] + U[0])
+    assert u0.macs == 0 and bp["1:Linear+LIF"].macs == 2 * M[1] and bp["output"].macs == 2 * M[2]
 
 
 def test_random_classifiers_drop_weight_traffic_and_gradient_additions_only():
@@ -137,8 +132,8 @@ def test_truncation_lowers_memory_access_and_leaves_macs():
 ])
 def test_layerwise_local_training_cuts_macs_as_the_paper_states(widths, in_ch, size, classes, expected):
     p = with_densities(profile_model(lenet(widths, in_ch, size, classes), (in_ch, size, size), classes))
-    bp = analyze(p, CostSetting(T=4, k=4, n=4, batch=8), structure="paper")
-    lbp1 = analyze(p, CostSetting(T=4, k=4, n=1, batch=8), structure="paper")
+    bp = analyze(p, CostSetting(T=4, k=4, n=4, batch=8))
+    lbp1 = analyze(p, CostSetting(T=4, k=4, n=1, batch=8))
     assert 1 - lbp1.totals["macs"] / bp.totals["macs"] == pytest.approx(expected, abs=0.01)
     # LeNet-1 by hand: BP propagates through conv2, conv3, fc and the output layer; LBP1 only
     # through the four classifiers (features 6·14·14, 16·5·5, 120, 128 → 47 classes)
@@ -148,34 +143,41 @@ def test_layerwise_local_training_cuts_macs_as_the_paper_states(widths, in_ch, s
         assert lbp1.totals["macs"] / bp.totals["macs"] == pytest.approx(by_hand_lbp1 / by_hand_bp)
 
 
-def test_paper_structure_blocks():
-    p = profile_model(lenet((6, 16, 120, 128), 1, 28, 47), (1, 28, 28), 47)
-    blocks = plan_blocks(p, 2, structure="paper")
+def test_blocks_and_classifiers_are_those_the_local_method_builds():
+    model = lenet((6, 16, 120, 128), 1, 28, 47)
+    p = profile_model(model, (1, 28, 28), 47)
+    blocks = plan_blocks(p, 2)
     assert [b.units for b in blocks] == [[0, 1], [2, 3]]
     assert blocks[0].classifier.features == 16 * 5 * 5 and not blocks[0].classifier.output
     assert blocks[1].classifier.output and blocks[1].classifier.params == 128 * 47 + 47
-    assert [b.units for b in plan_blocks(p, 2, structure="method")] == [[0, 1], [2, 3], [4]]
+    x = torch.rand(2, 1, 1, 28, 28)
+    for n in (1, 2, 3, 4):
+        method = TruncatedLocalBPTT(k=2, n=n)
+        method.engine(model, x)
+        heads = method.heads or []
+        planned = plan_blocks(p, n)
+        assert len(planned) == len(split_blocks(model, n)) == len(heads) + 1
+        assert [b.classifier.params for b in planned[:-1]] == \
+            [sum(q.numel() for q in h.parameters()) for h in heads]
     with pytest.raises(ValueError, match="n must be"):
-        plan_blocks(p, 5, structure="paper")
+        plan_blocks(p, 5)
 
 
 def test_memory_footprint_equations_9_and_10():
     p = profile_model(tiny(), (1, 8, 8), 3)
     s = CostSetting(T=6, k=3, n=1, batch=2)
     m = analyze(p, s).memory
-    blocks = [[512], [72], [11]]
-    heads = [3, 3, 0]
-    step = [2 * (sum(g) + h) * 4 for g, h in zip(blocks, heads)]
-    weights = (p.params + (64 * 3 + 3) + (8 * 3 + 3)) * 4
+    step = [2 * (512 + 3) * 4, 2 * (72 + 11) * 4]  # block 0 + its head's LIF; block 1 + the output layer
+    weights = (p.params + (64 * 3 + 3)) * 4
     assert m["engine"] == 3 * sum(step) + 2 * weights  # every block's graph over the interval
     assert m["paper"] == 2 * sum(step) + max(step) + 2 * weights  # Eq. 10: (k−1)·MC(CG) + MC_local(CG)
-    bp = analyze(p, CostSetting(T=6, k=3, n=3, batch=2)).memory
+    bp = analyze(p, CostSetting(T=6, k=3, n=2, batch=2)).memory
     assert bp["paper"] == bp["engine"] == 3 * 2 * p.graph * 4 + 2 * p.params * 4  # Eq. 9
 
 
 def test_figure_of_merit_is_one_for_bptt_and_counts_accuracy_loss():
     p = with_densities(profile_model(tiny(), (1, 8, 8), 3), spike_density=0.2)
-    base = analyze(p, CostSetting(T=4, k=4, n=3, batch=4))
+    base = analyze(p, CostSetting(T=4, k=4, n=2, batch=4))
     assert figure_of_merit(base, base)["FoM"] == pytest.approx(1.0)
     local = analyze(p, CostSetting(T=4, k=1, n=1, batch=4))
     f = figure_of_merit(local, base, accuracy=0.9, baseline_accuracy=1.0)
@@ -206,3 +208,15 @@ def test_bad_settings_raise():
     with pytest.raises(ValueError, match="spike_density"):
         with_densities(profile_model(tiny(), (1, 8, 8), 3), spike_density=1.5)
     assert math.isfinite(analyze(profile_model(tiny(), (1, 8, 8), 3), CostSetting(T=3, k=2, n=2)).totals["reads"])
+
+
+def test_dropout_masks_count_once_per_sequence():
+    from leanspike.layers import SequenceDropout
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), LIF(), SequenceDropout(0.5), nn.AvgPool2d(2),
+                          nn.Flatten(), nn.Linear(64, 3), LIF())
+    p = profile_model(model, (1, 8, 8), 3)
+    assert [u.sequence for u in p.all_units] == [4 * 8 * 8, 0]
+    m2, m4 = (analyze(p, CostSetting(T=4, k=k, n=1, batch=3)).memory for k in (2, 4))
+    assert m4["engine"] - m2["engine"] == 2 * m2["graph_step"]
+    assert m2["graph_sequence"] == 3 * 256 * 4

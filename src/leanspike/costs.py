@@ -11,14 +11,12 @@ memory footprint (Eqs. 8–10, and what leanspike's engine actually keeps) and t
 of merit (Eq. 17). :func:`scalar_multiplications` gives the SLTT supplement's (C.2)
 count of BPTT versus SLTT / SLTT-K. docs/costs.md holds the equations as reconstructed.
 
-Two ways of mapping a model onto the paper's blocks (``structure``):
-
-- ``"method"``: what :class:`~leanspike.methods.TruncatedLocalBPTT` runs: the units are
-  cut into blocks of n; every block but the last has a local classifier
-  (Linear(features → classes) → LIF); the last block ends in the network's own output.
-- ``"paper"``: the paper's accounting: the last unit is the output classifier (LeNet's
-  and AlexNet's ``Linear → LIF``), the other units are the layers cut into blocks of n,
-  and every block has a classifier (local ones, and the output one for the last block).
+Blocks follow :class:`~leanspike.methods.TruncatedLocalBPTT`: the layers (spiking units)
+are cut into blocks of n; every block but the last has a local classifier
+(Linear(features → classes) → LIF) and the last block's classifier is the network's
+spiking output layer (``Linear → LIF``, as in the paper's LeNet and AlexNet), which the
+profile keeps apart from the layers. A model whose readout is a plain Linear (no output
+neuron) has that Linear inside its last layer and no classifier in its last block.
 """
 
 from __future__ import annotations
@@ -31,10 +29,10 @@ import torch
 from torch import nn
 
 from .blocks import unit_groups
+from .layers import SequenceDropout
 from .neuron import LIF
 from .state import reset_states
 
-STRUCTURES = ("method", "paper")
 CLASSIFIERS = ("trainable", "random")
 GRADIENT_ADDS = ("paper", "exact")
 MEMORY_MODELS = ("engine", "paper")
@@ -70,6 +68,7 @@ class UnitProfile:
     in_features: int  # per-sample input elements
     out_features: int  # per-sample output elements (what a local classifier reads)
     graph: int  # elements autograd keeps per sample and step (analytic)
+    sequence: int = 0  # elements kept once per sequence (dropout masks shared by all steps)
     out_density: float = 1.0
 
     @property
@@ -94,7 +93,8 @@ class UnitProfile:
 
 @dataclass
 class ModelProfile:
-    units: list[UnitProfile]
+    units: list[UnitProfile]  # the layers, as many as the model's spiking depth
+    output: UnitProfile | None  # the spiking output layer (the last block's classifier)
     num_classes: int
     input_shape: tuple[int, ...]
     itemsize: int
@@ -104,20 +104,52 @@ class ModelProfile:
         return len(self.units)
 
     @property
+    def all_units(self) -> list[UnitProfile]:
+        return self.units + ([self.output] if self.output is not None else [])
+
+    @property
     def params(self) -> int:
-        return sum(u.params for u in self.units)
+        return sum(u.params for u in self.all_units)
 
     @property
     def states(self) -> int:
-        return sum(u.states for u in self.units)
+        return sum(u.states for u in self.all_units)
 
     @property
     def graph(self) -> int:
-        return sum(u.graph for u in self.units)
+        return sum(u.graph for u in self.all_units)
+
+    @property
+    def sequence(self) -> int:
+        return sum(u.sequence for u in self.all_units)
 
 
 def _unit_name(group: Sequence[nn.Module]) -> str:
     return "+".join(type(m).__name__ for m in group)
+
+
+def _weighted(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _split_output(group: list[nn.Module]) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Split the last unit into (layer, spiking output layer) when it ends in one.
+
+    :func:`~leanspike.blocks.unit_groups` merges a trailing ``Linear → LIF`` into the last
+    unit; here it is taken apart again, because the paper counts it as a classifier.
+    """
+    spiking = [i for i, m in enumerate(group) if any(isinstance(x, LIF) for x in m.modules())]
+    if len(spiking) < 2:
+        return group, []
+    start = next((i for i in range(spiking[-2] + 1, spiking[-1]) if _weighted(group[i])), None)
+    if start is None:
+        return group, []
+    tail = group[start:]
+    weighted = [m for m in tail if _weighted(m)]
+    if isinstance(group[spiking[-1]], LIF) and weighted and all(isinstance(m, nn.Linear) for m in weighted) \
+            and not any(_weighted(m) for m in group[spiking[-1]:]):
+        return group[:start], tail
+    return group, []
 
 
 def _conv_macs(module: nn.Module, out: torch.Tensor) -> int:
@@ -133,6 +165,8 @@ def profile_model(model: nn.Module, input_shape: Sequence[int], num_classes: int
     ``input_shape`` is one sample's step shape, e.g. ``(1, 28, 28)``.
     """
     groups = unit_groups(model)
+    layer_part, output_part = _split_output(groups[-1])
+    groups = groups[:-1] + [layer_part] + ([output_part] if output_part else [])
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.get_default_dtype()
@@ -150,10 +184,12 @@ def profile_model(model: nn.Module, input_shape: Sequence[int], num_classes: int
         for index, group in enumerate(groups):
             unit_in = x.untyped_storage().data_ptr()
             layers: list[WeightedLayer] = []
-            counts = {"states": 0, "graph": 0}
+            counts = {"states": 0, "graph": 0, "sequence": 0}
 
             def hook(module, inputs, out, _layers=layers, _counts=counts, _unit_in=unit_in):
                 inp = inputs[0] if inputs else None
+                if isinstance(module, SequenceDropout) and module.p > 0 and isinstance(inp, torch.Tensor):
+                    _counts["sequence"] += math.prod(module.mask_shape(inp)[1:])
                 if isinstance(module, LIF):
                     _counts["states"] += out[0].numel()
                     _counts["graph"] += out[0].numel()  # the surrogate keeps u − V_th
@@ -184,13 +220,14 @@ def profile_model(model: nn.Module, input_shape: Sequence[int], num_classes: int
                     h.remove()
             params = sum(p.numel() for child in group for p in child.parameters() if p.requires_grad)
             units.append(UnitProfile(index, _unit_name(group), params, counts["states"], layers,
-                                     in_features, x[0].numel(), counts["graph"]))
+                                     in_features, x[0].numel(), counts["graph"], counts["sequence"]))
     finally:
         for m, mode in modes.items():
             m.training = mode
         reset_states(model)
     classes = num_classes if num_classes is not None else int(x[0].numel())
-    return ModelProfile(units, classes, tuple(input_shape), torch.empty((), dtype=dtype).element_size())
+    output = units.pop() if output_part else None
+    return ModelProfile(units, output, classes, tuple(input_shape), torch.empty((), dtype=dtype).element_size())
 
 
 # --------------------------------------------------------------------------------------
@@ -248,8 +285,8 @@ def with_densities(profile: ModelProfile, densities: Densities | None = None, sp
     for name, value in (("spike_density", spike_density), ("input_density", input_density)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
-    units = []
-    for u in profile.units:
+
+    def fill(u: UnitProfile) -> UnitProfile:
         layers = []
         for layer in u.layers:
             if densities is not None:
@@ -257,9 +294,14 @@ def with_densities(profile: ModelProfile, densities: Densities | None = None, sp
             else:
                 alpha = input_density if (u.index == 0 and layer.input_facing) else spike_density
             layers.append(replace(layer, density=alpha))
-        out = densities.unit_outputs[u.index] if densities is not None else spike_density
-        units.append(replace(u, layers=layers, out_density=out))
-    return replace(profile, units=units)
+        if densities is None:
+            out = spike_density
+        else:
+            out = densities.unit_outputs[u.index] if u.index < len(densities.unit_outputs) else 1.0
+        return replace(u, layers=layers, out_density=out)
+
+    return replace(profile, units=[fill(u) for u in profile.units],
+                   output=fill(profile.output) if profile.output is not None else None)
 
 
 # --------------------------------------------------------------------------------------
@@ -267,7 +309,7 @@ def with_densities(profile: ModelProfile, densities: Densities | None = None, sp
 # --------------------------------------------------------------------------------------
 @dataclass
 class Classifier:
-    """A block's classifier: a local head, or the network's output layer (``paper``)."""
+    """A block's classifier: a local head, or the network's spiking output layer."""
 
     features: int  # inputs per sample
     classes: int  # its neural states per sample (N_c)
@@ -275,7 +317,7 @@ class Classifier:
     macs: int  # per sample (|W_c||U_c|/N_c / batch)
     density: float  # α_c
     trainable: bool
-    output: bool = False  # the network's own output layer (structure "paper")
+    output: bool = False  # the network's own output layer
 
 
 @dataclass
@@ -284,40 +326,29 @@ class Block:
     classifier: Classifier | None
 
 
-def plan_blocks(profile: ModelProfile, n: int, structure: str = "method",
-                classifier: str = "trainable") -> list[Block]:
-    """Cut the profile's units into blocks of ``n`` and attach the classifiers."""
-    if structure not in STRUCTURES:
-        raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+def plan_blocks(profile: ModelProfile, n: int, classifier: str = "trainable") -> list[Block]:
+    """Cut the profile's layers into blocks of ``n`` and attach the classifiers."""
     if classifier not in CLASSIFIERS:
         raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
     units = profile.units
-    layers = units if structure == "method" else units[:-1]
-    if not layers:
-        raise ValueError("structure 'paper' needs at least two spiking units (layers + output classifier)")
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(layers):
-        raise ValueError(f"n must be an integer in [1, {len(layers)}] (the {structure} depth), got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(units):
+        raise ValueError(f"n must be an integer in [1, {len(units)}] (the model's spiking depth), got {n!r}")
     c = profile.num_classes
     blocks = []
-    for start in range(0, len(layers), n):
-        members = [u.index for u in layers[start:start + n]]
-        last = start + n >= len(layers)
+    for start in range(0, len(units), n):
+        members = [u.index for u in units[start:start + n]]
         top = units[members[-1]]
-        if not last:
+        head: Classifier | None
+        if start + n < len(units):
             head = Classifier(top.out_features, c, top.out_features * c + c, top.out_features * c,
                               top.out_density, classifier == "trainable")
-        elif structure == "paper":
-            out = units[-1]
+        elif profile.output is not None:
+            out = profile.output
             head = Classifier(out.in_features, out.states, out.params, out.macs, out.in_density, True, True)
         else:
             head = None
         blocks.append(Block(members, head))
     return blocks
-
-
-def paper_depth(profile: ModelProfile, structure: str) -> int:
-    """The n that makes one block (BPTT): the number of layers under ``structure``."""
-    return profile.depth if structure == "method" else profile.depth - 1
 
 
 # --------------------------------------------------------------------------------------
@@ -412,7 +443,6 @@ class CostRow:
 @dataclass
 class CostReport:
     setting: CostSetting
-    structure: str
     rows: list[CostRow]
     memory: dict[str, float]  # bytes: weights, grads, graph_step, engine, paper
     blocks: list[list[int]] = field(default_factory=list)
@@ -428,7 +458,7 @@ class CostReport:
     def as_dict(self) -> dict:
         s = self.setting
         return {"T": s.T, "k": s.k, "n": s.n, "classifier": s.classifier, "batch": s.batch,
-                "structure": self.structure, "blocks": self.blocks, "totals": self.totals,
+                "blocks": self.blocks, "totals": self.totals,
                 "memory_bytes": self.memory,
                 "rows": [{"name": r.name, "block": r.block, "params": r.params, "states": r.states,
                           "macs_fwd_dense": r.macs_fwd_dense, "density": r.density, "reads": r.reads,
@@ -450,8 +480,9 @@ def _accumulate(row: CostRow, terms: StepTerms, lengths: Iterable[int]) -> None:
 def memory_footprint(profile: ModelProfile, setting: CostSetting, blocks: list[Block],
                      graph_scale: float = 1.0) -> dict[str, float]:
     """Eqs. (8)–(10) in bytes. ``graph_step`` is MC(CG) of one step (whole network,
-    batch), estimated as the elements autograd keeps (states + intermediates) times
-    ``graph_scale`` (1 = analytic; a calibration replaces it with measured bytes).
+    batch), estimated as the elements autograd keeps (states + intermediates) times the
+    item size times ``graph_scale`` (1 = analytic; a calibration rescales it to measured
+    bytes). ``graph_sequence`` (per-sequence dropout masks) is added once.
 
     ``paper``: Eq. (9) for one block, Eq. (10) for local blocks:
     (k−1)·MC(CG) + MC_local(CG) + N(w) + N(grads), with MC_local the largest block's step.
@@ -469,23 +500,24 @@ def memory_footprint(profile: ModelProfile, setting: CostSetting, blocks: list[B
         g = sum(profile.units[i].graph for i in bl.units) * graph_scale
         if bl.classifier is not None:
             if bl.classifier.output:
-                g += profile.units[-1].graph * graph_scale
+                g += profile.output.graph * graph_scale  # type: ignore[union-attr]
             else:
                 g += bl.classifier.classes  # the head's LIF keeps one tensor
         block_graph.append(b * g * size)
     step = sum(block_graph)
+    sequence = b * profile.sequence * size  # dropout masks: once per sequence, whatever k
     fixed = 2 * weights * size  # N(w) + N(grads): one gradient buffer, not one per step
     paper = (k * step if len(blocks) == 1 else (k - 1) * step + max(block_graph)) + fixed
     return {"weights": weights * size, "grads": weights * size, "graph_step": step,
-            "engine": k * step + fixed, "paper": paper}
+            "graph_sequence": sequence, "engine": k * step + sequence + fixed, "paper": paper + sequence}
 
 
-def analyze(profile: ModelProfile, setting: CostSetting, structure: str = "method",
-            gradient_adds: str = "paper", graph_scale: float = 1.0) -> CostReport:
+def analyze(profile: ModelProfile, setting: CostSetting, gradient_adds: str = "paper",
+            graph_scale: float = 1.0) -> CostReport:
     """Per-unit and per-classifier costs of one training iteration under ``setting``."""
     if gradient_adds not in GRADIENT_ADDS:
         raise ValueError(f"gradient_adds must be one of {GRADIENT_ADDS}, got {gradient_adds!r}")
-    blocks = plan_blocks(profile, setting.n, structure, setting.classifier)
+    blocks = plan_blocks(profile, setting.n, setting.classifier)
     lengths = _interval_lengths(setting.T, setting.k)
     b = setting.batch
     rows: list[CostRow] = []
@@ -497,12 +529,12 @@ def analyze(profile: ModelProfile, setting: CostSetting, structure: str = "metho
             rows.append(row)
         c = block.classifier
         if c is not None:
-            name = f"{profile.depth - 1}:output" if c.output else f"head{bi}"
+            name = "output" if c.output else f"head{bi}"
             row = CostRow(name, bi, c.params if c.trainable else 0, b * c.classes, float(b * c.macs), c.density)
             _accumulate(row, _classifier_terms(c, b), lengths)
             rows.append(row)
     memory = memory_footprint(profile, setting, blocks, graph_scale)
-    return CostReport(setting, structure, rows, memory, [bl.units for bl in blocks])
+    return CostReport(setting, rows, memory, [bl.units for bl in blocks])
 
 
 # --------------------------------------------------------------------------------------
@@ -546,7 +578,7 @@ def scalar_multiplications(profile: ModelProfile, T: int, batch: int = 1, K: int
     """
     if K is not None and not 1 <= K <= T:
         raise ValueError(f"K must be in [1, T = {T}], got {K}")
-    units = profile.units
+    units = profile.all_units  # the spiking output layer is layer L here
     per_layer = []
     for i, u in enumerate(units):
         above = units[i + 1].error_macs(first_in_block=False) - units[i + 1].error_macs(first_in_block=True) \
@@ -556,7 +588,8 @@ def scalar_multiplications(profile: ModelProfile, T: int, batch: int = 1, K: int
         spatial = above + inner + d + u.macs
         bptt = spatial + (T - 1) * (spatial + 2 * d)
         sltt = T * spatial
-        per_layer.append({"name": f"{i}:{u.name}", "bptt": batch * bptt, "sltt": batch * sltt,
+        name = "output" if u is profile.output else f"{i}:{u.name}"
+        per_layer.append({"name": name, "bptt": batch * bptt, "sltt": batch * sltt,
                           "sltt_k": batch * (K if K is not None else T) * spatial})
     total = {key: sum(row[key] for row in per_layer) for key in ("bptt", "sltt", "sltt_k")}
     return {"T": T, "K": K, "batch": batch, "total": total, "layers": per_layer}

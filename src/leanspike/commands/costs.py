@@ -1,7 +1,7 @@
 """``leanspike costs``: the truncated-local paper's cost model (Sec. IV) for any model and (k, n).
 
     leanspike costs --model lenet1 --T 20 --k 20 10 5 2 1 --n 4 2 1 --classifier trainable random \\
-        --structure paper --dataset fashion-mnist --out costs/
+        --dataset fashion-mnist --out costs/
 
 Prints one row per (classifier, n, k): memory footprint, memory access, additions and
 MACs of one iteration, normalised by BPTT's, with the figure of merit (Eq. 17); then the
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..costs import (GRADIENT_ADDS, MEMORY_MODELS, STRUCTURES, CostReport, CostSetting, analyze, figure_of_merit,
-                     measure_densities, paper_depth, profile_model, scalar_multiplications, with_densities)
+from ..costs import (GRADIENT_ADDS, MEMORY_MODELS, CostReport, CostSetting, analyze, figure_of_merit,
+                     measure_densities, profile_model, scalar_multiplications, with_densities)
 from ..errors import UserError
 from ..planner import calibrate, parse_shape
 
@@ -34,8 +34,6 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=int, nargs="+", default=None, help="layers per block (default: the depth, i.e. BP)")
     p.add_argument("--classifier", nargs="+", choices=("trainable", "random"), default=["trainable"])
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--structure", choices=STRUCTURES, default="method",
-                   help="method: blocks as TruncatedLocalBPTT cuts them; paper: last unit = output classifier")
     p.add_argument("--dataset", default=None, help="measure spike densities on this dataset (e.g. fashion-mnist)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--density", type=float, default=None, help="given density of spike inputs (no measurement)")
@@ -116,7 +114,7 @@ def _check(args: argparse.Namespace, depth: int) -> tuple[list[int], list[int]]:
             raise UserError(f"--k {k}: expected 1 <= k <= T = {args.T}")
     for n in ns:
         if not 1 <= n <= depth:
-            raise UserError(f"--n {n}: expected 1 <= n <= {depth} (the model's depth under --structure {args.structure})")
+            raise UserError(f"--n {n}: expected 1 <= n <= {depth} (the model's spiking depth)")
     if args.density is not None and not 0 <= args.density <= 1:
         raise UserError(f"--density {args.density}: expected a fraction in [0, 1]")
     return sorted(set(ks), reverse=True), sorted(set(ns), reverse=True)
@@ -129,7 +127,7 @@ def _fmt(x: float) -> str:
 def run(args: argparse.Namespace) -> int:
     model, shape, classes = _build(args)
     profile = profile_model(model, shape, classes)
-    depth = paper_depth(profile, args.structure)
+    depth = profile.depth
     ks, ns = _check(args, depth)
     densities, density_note = _densities(args, model, shape)
     if densities is not None:
@@ -145,13 +143,12 @@ def run(args: argparse.Namespace) -> int:
     base_acc = accuracy.get((args.T, depth))
 
     def report(k: int, n: int, classifier: str) -> CostReport:
-        return analyze(profile, CostSetting(args.T, k, n, classifier, args.batch), args.structure,
-                       args.gradient_adds, scale)
+        return analyze(profile, CostSetting(args.T, k, n, classifier, args.batch), args.gradient_adds, scale)
 
     baseline = report(args.T, depth, "trainable")
     results = []
     print(f"{args.model} {'x'.join(map(str, shape))} → {classes}, T = {args.T}, batch {args.batch}, "
-          f"structure {args.structure}, depth {depth}; densities {density_note}")
+          f"depth {depth}{' + spiking output layer' if profile.output else ''}; densities {density_note}")
     header = (f"{'classifier':<10} {'n':>3} {'k':>4} {'MC engine':>10} {'MC paper':>10} {'mem.access':>11} "
               f"{'additions':>11} {'MACs':>11} {'MC':>6} {'MA':>6} {'ADD':>6} {'MAC':>6} {'FoM':>6}")
     print(header)
@@ -185,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         doc = {"model": args.model, "input": list(shape), "num_classes": classes, "T": args.T, "batch": args.batch,
-               "structure": args.structure, "depth": depth, "densities": density_note, "graph_scale": scale,
+               "depth": depth, "densities": density_note, "graph_scale": scale,
                "gradient_adds": args.gradient_adds, "memory_model": args.memory_model,
                "baseline": baseline.as_dict(), "settings": results, "scalar_multiplications": mults}
         (out / "costs.json").write_text(json.dumps(doc, indent=1))
@@ -240,8 +237,7 @@ def plot_costs(doc: dict, path: Path) -> None:
     ax[5].bar(["BPTT", "SLTT", f"SLTT-K={doc['scalar_multiplications']['K']}"],
               [1.0, tot["sltt"] / tot["bptt"], tot["sltt_k"] / tot["bptt"]], color=["C7", "C2", "C3"])
     ax[5].set_ylabel("backward scalar mults / BPTT's")
-    fig.suptitle(f"{doc['model']} {'x'.join(map(str, doc['input']))}, T = {doc['T']}, batch {doc['batch']}, "
-                 f"structure {doc['structure']}")
+    fig.suptitle(f"{doc['model']} {'x'.join(map(str, doc['input']))}, T = {doc['T']}, batch {doc['batch']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
