@@ -14,16 +14,119 @@ directly as its leak factor, so ``decay`` is accepted too.
 The neuron keeps one tensor of state, the *carry* ``c[t] = u[t+1] − I[t+1]``, i.e.
 everything the next step inherits. Detaching the carry removes every temporal route
 (through ``u`` and through ``s``) at once, which is exactly SLTT's approximation.
+
+With autograd on, a step (or a whole sequence, :meth:`LIF.forward_sequence`) is one
+autograd function that saves only the membrane potentials ``u`` (one float per neuron
+and step); spikes, surrogate derivatives and reset terms are recomputed from ``u`` in
+backward. The forward values are bit for bit those of the plain equations above.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import NamedTuple
 
+import torch
+from torch.autograd.function import once_differentiable
+
+from .compact import mark_binary
 from .state import Stateful
 from .surrogate import Surrogate, Triangle, make_surrogate
 
 RESET_MODES = ("soft", "hard", "soft-unleaked")
+
+
+class Dynamics(NamedTuple):
+    """The constants of one LIF layer, as the fused functions need them."""
+
+    decay: float
+    v_threshold: float
+    reset: str
+    surrogate: Surrogate
+    detach_reset: bool
+
+
+def _next_carry(u: torch.Tensor, s: torch.Tensor, dyn: Dynamics) -> torch.Tensor:
+    """``c[t]`` from ``u[t]`` and ``s[t]`` (the same operations, so the same rounding, as the equations)."""
+    if dyn.reset == "soft":
+        return torch.sub(u, s, alpha=dyn.v_threshold).mul_(dyn.decay)
+    if dyn.reset == "hard":
+        return (dyn.decay * u).mul_(1 - s)
+    return torch.sub(dyn.decay * u, s, alpha=dyn.v_threshold)
+
+
+def lif_forward(currents: torch.Tensor, carry: torch.Tensor | None, dyn: Dynamics,
+                potentials: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``[T, ...]`` currents from ``carry`` (None: rest); return spikes and the last carry.
+
+    ``potentials``, when given (shaped like ``currents``), receives every ``u[t]``. No
+    autograd graph is built: callers run it under ``no_grad`` or inside a Function.
+    """
+    spikes = torch.empty_like(currents)
+    for t in range(currents.shape[0]):
+        if carry is None:
+            u = currents[t] if potentials is None else potentials[t].copy_(currents[t])
+        else:
+            u = torch.add(carry, currents[t], out=potentials[t]) if potentials is not None else carry + currents[t]
+        s = spikes[t]
+        torch.ge(u, dyn.v_threshold, out=s)  # H(u − V_th): u − V_th ≥ 0 ⇔ u ≥ V_th exactly
+        carry = _next_carry(u, s, dyn)
+    assert carry is not None
+    return spikes, carry
+
+
+def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor | None, grad_carry: torch.Tensor | None,
+                 dyn: Dynamics) -> torch.Tensor:
+    """Gradient w.r.t. every ``u[t]`` (= w.r.t. ``I[t]``; at t = 0 also w.r.t. the initial carry).
+
+    ``dL/du[t] = dL/ds[t]·h[t] + dL/du[t+1]·∂c[t]/∂u[t]`` with ``h`` the surrogate derivative
+    at ``u[t] − V_th``; the last step receives ``grad_carry`` (the final carry's gradient).
+    """
+    x = potentials - dyn.v_threshold
+    deriv = dyn.surrogate.derivative(x)
+    steps = potentials.shape[0]
+    grad = grad_spikes * deriv if grad_spikes is not None else torch.zeros_like(potentials)
+    if steps == 1 and grad_carry is None:
+        return grad
+    lam, th = dyn.decay, dyn.v_threshold
+    # ∂c[t]/∂u[t], written into ``deriv`` (no longer needed) where possible
+    if dyn.reset == "soft":
+        route = lam if dyn.detach_reset else deriv.mul_(-lam * th).add_(lam)
+    elif dyn.reset == "soft-unleaked":
+        route = lam if dyn.detach_reset else deriv.mul_(-th).add_(lam)
+    else:  # hard: c = λ·u·(1 − s)
+        keep = (x < 0).to(potentials.dtype)  # 1 − s
+        route = keep.mul_(lam) if dyn.detach_reset else keep.mul_(lam).sub_(deriv.mul_(potentials).mul_(lam))
+    scalar = not isinstance(route, torch.Tensor)
+    upstream = grad_carry
+    for t in range(steps - 1, -1, -1):
+        if upstream is not None:
+            if scalar:
+                grad[t].add_(upstream, alpha=route)
+            else:
+                grad[t].addcmul_(upstream, route[t])
+        upstream = grad[t]
+    return grad
+
+
+class LIFSequence(torch.autograd.Function):
+    """``[T, ...]`` currents (+ initial carry) → spikes and the last carry; saves ``u`` only."""
+
+    @staticmethod
+    def forward(ctx, currents: torch.Tensor, carry: torch.Tensor | None, dyn: Dynamics):  # type: ignore[override]
+        potentials = torch.empty_like(currents)
+        spikes, last = lif_forward(currents, carry, dyn, potentials)
+        ctx.save_for_backward(potentials)
+        ctx.dyn = dyn
+        ctx.set_materialize_grads(False)
+        return spikes, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_spikes, grad_last):  # type: ignore[override]
+        (potentials,) = ctx.saved_tensors
+        grad = lif_backward(potentials, grad_spikes, grad_last, ctx.dyn)
+        grad_carry = grad[0].clone() if ctx.needs_input_grad[1] else None
+        return grad, grad_carry, None
 
 
 class LIF(Stateful):
@@ -70,6 +173,9 @@ class LIF(Stateful):
         return (f"decay={self.decay:.4g}, v_threshold={self.v_threshold}, reset={self.reset}, "
                 f"surrogate={self.surrogate}")
 
+    def dynamics(self) -> Dynamics:
+        return Dynamics(self.decay, self.v_threshold, self.reset, self.surrogate, self.detach_reset)
+
     def reset_state(self) -> None:
         self.carry = None
 
@@ -78,13 +184,17 @@ class LIF(Stateful):
             self.carry = self.carry.detach()
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        u = current if self.carry is None else self.carry + current
-        spike = self.surrogate.spike(u - self.v_threshold)
-        s = spike.detach() if self.detach_reset else spike
-        if self.reset == "soft":
-            self.carry = self.decay * (u - self.v_threshold * s)
-        elif self.reset == "hard":
-            self.carry = self.decay * u * (1 - s)
+        return mark_binary(self.forward_sequence(current.unsqueeze(0))[0])
+
+    def forward_sequence(self, currents: torch.Tensor) -> torch.Tensor:
+        """``[T, B, ...]`` currents → ``[T, B, ...]`` spikes; the same as T calls of ``forward``."""
+        carry = self.carry
+        if carry is not None and carry.shape != currents.shape[1:]:  # broadcast as ``carry + current`` would
+            shape = torch.broadcast_shapes(carry.shape, currents.shape[1:])
+            currents, carry = currents.expand(currents.shape[0], *shape), carry.expand(shape)
+        if torch.is_grad_enabled() and (currents.requires_grad or (carry is not None and carry.requires_grad)):
+            spikes, self.carry = LIFSequence.apply(currents, carry, self.dynamics())
         else:
-            self.carry = self.decay * u - self.v_threshold * s
-        return spike
+            with torch.no_grad():
+                spikes, self.carry = lif_forward(currents, carry, self.dynamics())
+        return mark_binary(spikes)

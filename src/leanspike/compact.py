@@ -1,0 +1,152 @@
+"""Binary tensors saved for backward in 1 byte per element instead of 4.
+
+Spikes are 0 or 1, and spikes after a per-sequence dropout are 0 or ``1/(1 − p)``;
+whatever saves them for backward (the next layer's weight gradient, a pooling, the
+dropout product) would keep them as floats. Producers of such tensors *mark* them:
+
+- :func:`mark_binary`: every element is 0 or ``scale``. :class:`CompactSaved` stores the
+  tensor as ``bool`` and restores it bit for bit (``bool → dtype``, times ``scale``).
+- :func:`mark_derived`: the tensor is ``fn(source)`` for a marked ``source`` and a pure
+  ``fn`` (a view, a pooling). It is stored as the recipe: the compact source plus
+  ``fn``, recomputed in backward (same function, same input: the same bits).
+
+Both compact forms of one tensor are made once and shared by every op that saves it
+(the dropout mask is saved at every step but stored once). A mark is trusted only
+while the tensor is unchanged: it records the version counter, and an in-place change
+voids it. Hooks active when :class:`CompactSaved` is entered (e.g.
+:class:`~leanspike.measure.SavedTensorMeter`) keep working: the compact form is what
+they receive, so they see (and count) the bytes really kept.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable
+
+import torch
+
+_ATTR = "_leanspike_mark"
+
+
+def mark_binary(t: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Declare that every element of ``t`` is exactly 0 or ``scale``; returns ``t``.
+
+    ``scale`` is 1.0 or a 0-dim tensor in ``t``'s dtype holding the exact value.
+    """
+    setattr(t, _ATTR, ("binary", scale, t._version))
+    return t
+
+
+def mark_derived(t: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], source: torch.Tensor) -> torch.Tensor:
+    """Declare ``t == fn(source)`` bit for bit, ``fn`` pure; no-op unless ``source`` is marked."""
+    if _mark(source) is not None:
+        setattr(t, _ATTR, ("derived", fn, source, t._version))
+    return t
+
+
+def _mark(t: torch.Tensor) -> tuple | None:
+    mark = getattr(t, _ATTR, None)
+    if mark is None or mark[-1] != t._version:
+        return None
+    return mark
+
+
+def _valid(mark: tuple) -> bool:
+    """A binary mark, or a derived one whose chain of sources is still intact."""
+    while mark[0] == "derived":
+        mark = _mark(mark[2])  # type: ignore[assignment]
+        if mark is None:
+            return False
+    return True
+
+
+def binary_scale(t: torch.Tensor) -> float | torch.Tensor | None:
+    """The scale ``t`` was marked binary with, or None when it is not (or no longer) so marked."""
+    mark = _mark(t)
+    return mark[1] if mark is not None and mark[0] == "binary" else None
+
+
+def is_marked(t: torch.Tensor) -> bool:
+    return _mark(t) is not None
+
+
+class _Bits:
+    """A binary tensor kept as bool; ``payload`` is what the outer hooks made of the bools."""
+
+    __slots__ = ("payload", "scale", "dtype")
+
+    def __init__(self, payload: Any, scale: float | torch.Tensor, dtype: torch.dtype) -> None:
+        self.payload, self.scale, self.dtype = payload, scale, dtype
+
+
+class _Recipe:
+    """``fn(source)`` with the source in compact form."""
+
+    __slots__ = ("fn", "source")
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], source: Any) -> None:
+        self.fn, self.source = fn, source
+
+
+class _Outer:
+    """An unmarked tensor as the outer hooks packed it."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: Any) -> None:
+        self.payload = payload
+
+
+class CompactSaved:
+    """Context manager: while active, marked tensors saved for backward are kept compact."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[weakref.ref, int, Any]] = {}
+        self._outer: tuple | None = None
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _compact(self, t: torch.Tensor, mark: tuple) -> Any:
+        key = id(t)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0]() is t and hit[1] == t._version:
+            return hit[2]
+        if mark[0] == "binary":
+            bits = t.ne(0)
+            packed: Any = _Bits(bits if self._outer is None else self._outer[0](bits), mark[1], t.dtype)
+        else:
+            source = mark[2]
+            packed = _Recipe(mark[1], self._compact(source, _mark(source)))  # type: ignore[arg-type]
+        self._cache[key] = (weakref.ref(t, lambda _, k=key: self._cache.pop(k, None)), t._version, packed)
+        return packed
+
+    def _pack(self, t: torch.Tensor) -> Any:
+        mark = _mark(t) if t.dtype.is_floating_point else None
+        if mark is not None and _valid(mark):
+            return self._compact(t, mark)
+        return t if self._outer is None else _Outer(self._outer[0](t))
+
+    def _restore(self, packed: Any) -> torch.Tensor:
+        if isinstance(packed, _Recipe):
+            return packed.fn(self._restore(packed.source))
+        bits = packed.payload if self._outer is None else self._outer[1](packed.payload)
+        out = bits.to(packed.dtype)
+        scale = packed.scale
+        if isinstance(scale, torch.Tensor) or scale != 1.0:
+            out = out.mul_(scale)
+        return out
+
+    def _unpack(self, packed: Any) -> torch.Tensor:
+        if isinstance(packed, (_Bits, _Recipe)):
+            return self._restore(packed)
+        if isinstance(packed, _Outer):
+            return self._outer[1](packed.payload)  # type: ignore[index]
+        return packed
+
+    def __enter__(self) -> "CompactSaved":
+        self._outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+        self._cache.clear()
