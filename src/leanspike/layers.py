@@ -19,13 +19,68 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
+from .compact import binary_scale, mark_binary
 from .state import Stateful
 
 
 # --------------------------------------------------------------------------------------
 # Per-step batch norm
 # --------------------------------------------------------------------------------------
+def step_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-step, per-channel mean, ``1/sqrt(var + eps)`` and biased var of ``x`` ``[T, B, C, ...]``."""
+    var, mean = torch.var_mean(x, dim=(1, *range(3, x.dim())), correction=0)
+    return mean, torch.rsqrt(var + eps), var
+
+
+def normalise_steps(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor | None,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """``x·a + b`` per step and channel, ``a = γ·invstd``, ``b = β − mean·a`` (one pass over ``x``)."""
+    a = invstd * weight if weight is not None else invstd
+    b = bias - mean * a if bias is not None else -(mean * a)
+    shape = (x.shape[0], 1, x.shape[2]) + (1,) * (x.dim() - 3)
+    return torch.addcmul(b.view(shape), x, a.view(shape))
+
+
+def step_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor,
+                       invstd: torch.Tensor, eps: float, mask: list[bool]):
+    """Batch-norm backward of every step (the kernel ``nn.BatchNorm`` uses); weight/bias grads summed."""
+    grad_x = torch.empty_like(x) if mask[0] else None
+    grad_w = grad_b = None
+    for t in range(x.shape[0]):
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad[t], x[t], weight, None, None, mean[t], invstd[t], True, eps, mask)
+        if grad_x is not None:
+            grad_x[t].copy_(gx)
+        if mask[1]:
+            grad_w = gw if grad_w is None else grad_w.add_(gw)
+        if mask[2]:
+            grad_b = gb if grad_b is None else grad_b.add_(gb)
+    return grad_x, grad_w, grad_b
+
+
+class StepNorm(torch.autograd.Function):
+    """Batch norm with each step's statistics over ``[T, B, C, ...]``; saves only ``x`` and the
+    statistics (no transposed copies). Also returns the per-step mean and biased variance."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float):  # type: ignore[override]
+        mean, invstd, var = step_statistics(x, eps)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps, ctx.has_bias = eps, bias is not None
+        ctx.mark_non_differentiable(mean, var)
+        return normalise_steps(x, mean, invstd, weight, bias), mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad, _mean, _var):  # type: ignore[override]
+        x, weight, mean, invstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [need[0], weight is not None and need[1], ctx.has_bias and need[2]]
+        return (*step_norm_backward(grad, x, weight, mean, invstd, ctx.eps, mask), None)
+
+
 class _StepBatchNorm:
     """Mixin: per-step batch norm plus a vectorised ``forward_sequence``.
 
@@ -37,10 +92,11 @@ class _StepBatchNorm:
     """
 
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x`` ``[T, B, C, ...]`` as T calls of ``forward`` would, in one op.
+        """Normalise ``x`` ``[T, B, C, ...]`` as T calls of ``forward`` would, in one pass.
 
-        Running statistics (and ``num_batches_tracked``) end up exactly where T
-        sequential calls would leave them.
+        Running statistics (and ``num_batches_tracked``) end up where T sequential calls
+        would leave them. In training, the result differs from T calls by float rounding
+        only (``x·a + b`` instead of the fused kernel's order of operations).
         """
         bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
         if x.dim() < 3:
@@ -54,29 +110,27 @@ class _StepBatchNorm:
             flat = x.reshape(steps * batch, *x.shape[2:])
             return F.batch_norm(flat, bn.running_mean, bn.running_var, bn.weight, bn.bias,
                                 False, 0.0, bn.eps).reshape(x.shape)
-        # [T, B, C, L] -> [B, T·C, L]: each (step, channel) pair becomes one BN channel,
-        # so the fused kernel computes per-step statistics (and a lean backward).
-        rest = x.shape[3:]
-        grouped = x.reshape(steps, batch, channels, -1).transpose(0, 1).reshape(batch, steps * channels, -1)
-        weight = bn.weight.repeat(steps) if bn.weight is not None else None
-        bias = bn.bias.repeat(steps) if bn.bias is not None else None
-        out = F.batch_norm(grouped, None, None, weight, bias, True, 0.0, bn.eps)
-        out = out.reshape(batch, steps, channels, -1).transpose(0, 1).reshape(steps, batch, channels, *rest)
+        count = x[0].numel() // channels
+        if bn.training and count < 2:
+            raise ValueError(f"expected more than 1 value per channel when training, got {count}")
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, bn.weight, bn.bias)):
+            out, mean, var = StepNorm.apply(x, bn.weight, bn.bias, bn.eps)
+        else:
+            with torch.no_grad():
+                mean, invstd, var = step_statistics(x, bn.eps)
+                out = normalise_steps(x, mean, invstd, bn.weight, bn.bias)
         if bn.training and bn.track_running_stats:
-            self._update_running_stats(grouped.detach().reshape(batch, steps, channels, -1))
+            self.track_step_statistics(mean, var * (count / (count - 1)))  # unbiased, like nn.BatchNorm
         return out
 
     @torch.no_grad()
-    def _update_running_stats(self, x: torch.Tensor) -> None:
-        """``x`` ``[B, T, C, L]``: apply T sequential running-stat updates."""
+    def track_step_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Fold T steps' batch statistics (``[T, C]``; ``var`` unbiased) into the running ones,
+        in order, as T calls of ``forward`` would."""
         bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
-        count = x.shape[0] * x.shape[3]
-        if count < 2:
-            raise ValueError(f"expected more than 1 value per channel when training, got {count}")
-        var, mean = torch.var_mean(x, dim=(0, 3), correction=1)  # [T, C], unbiased like nn.BatchNorm
         assert bn.running_mean is not None and bn.running_var is not None
         assert bn.num_batches_tracked is not None
-        for t in range(x.shape[1]):
+        for t in range(mean.shape[0]):
             bn.num_batches_tracked.add_(1)
             factor = (1.0 / float(bn.num_batches_tracked)) if bn.momentum is None else bn.momentum
             bn.running_mean.mul_(1 - factor).add_(mean[t].to(bn.running_mean.dtype), alpha=factor)
@@ -197,6 +251,7 @@ class SequenceDropout(Stateful):
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = float(p)
         self.mask: torch.Tensor | None = None
+        self._scale: torch.Tensor | None = None  # the value of kept units, 1/(1 − p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -212,7 +267,19 @@ class SequenceDropout(Stateful):
 
     def _draw(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - self.p)
-        return keep / (1 - self.p)
+        mask = keep / (1 - self.p)
+        # kept units hold exactly this value (computed by the same division), so the mask, and
+        # spikes times the mask, can be saved for backward as bool (leanspike.compact)
+        self._scale = torch.ones((), dtype=like.dtype, device=like.device) / (1 - self.p)
+        return mark_binary(mask, self._scale)
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.mask is not None
+        out = x * self.mask
+        scale = binary_scale(x)
+        if scale is not None and not isinstance(scale, torch.Tensor) and scale == 1.0:
+            mark_binary(out, self._scale)  # spikes × mask ∈ {0, 1/(1 − p)}
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
@@ -223,7 +290,7 @@ class SequenceDropout(Stateful):
         elif tuple(self.mask.shape) != shape:
             raise ValueError(f"{type(self).__name__}: step shaped {tuple(x.shape)} does not match the "
                              f"sequence's mask {tuple(self.mask.shape)}; reset_state() between sequences")
-        return x * self.mask
+        return self._apply(x)
 
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[T, B, ...]``: one mask for the whole sequence (same as T calls)."""
@@ -231,7 +298,7 @@ class SequenceDropout(Stateful):
             return x
         if self.mask is None:
             self.mask = self._draw(self.mask_shape(x[0]), x)
-        return x * self.mask
+        return self._apply(x)
 
 
 class SequenceDropout2d(SequenceDropout):

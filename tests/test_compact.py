@@ -1,0 +1,83 @@
+"""Compact saving of binary tensors: 1 byte per element, restored bit for bit, seen by the meter."""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from leanspike.compact import CompactSaved, binary_scale, mark_binary, mark_derived
+from leanspike.layers import SequenceDropout, StepBatchNorm2d
+from leanspike.measure import SavedTensorMeter
+
+
+def _linear_grads(x, w, compact):
+    w = w.detach().clone().requires_grad_(True)
+    coef = torch.arange(x.shape[0] * w.shape[0], dtype=x.dtype).view(x.shape[0], w.shape[0])
+    with SavedTensorMeter(exclude=[w, coef]) as meter:
+        ctx = CompactSaved() if compact else contextlib.nullcontext()
+        with ctx:
+            (F.linear(x, w) * coef).sum().backward()
+    return w.grad, meter.peak_bytes
+
+
+def test_marked_spikes_are_saved_as_bool_and_restored_exactly():
+    spikes = mark_binary((torch.rand(32, 50) < 0.3).float())
+    w = torch.randn(7, 50)
+    grad_full, bytes_full = _linear_grads(spikes, w, compact=False)
+    grad_compact, bytes_compact = _linear_grads(spikes, w, compact=True)
+    assert bytes_full == spikes.numel() * 4 and bytes_compact == spikes.numel()
+    assert torch.equal(grad_full, grad_compact)
+
+
+def test_dropout_scaled_spikes_keep_their_exact_value():
+    torch.manual_seed(0)
+    drop = SequenceDropout(0.3).train()
+    spikes = mark_binary((torch.rand(16, 40) < 0.5).float())
+    out = drop(spikes)
+    scale = binary_scale(out)
+    assert isinstance(scale, torch.Tensor)
+    assert set(out.unique().tolist()) == {0.0, float(scale)}  # the mask's value, bit for bit
+    assert binary_scale(drop.mask) is scale
+    w = torch.randn(5, 40)
+    assert torch.equal(_linear_grads(out, w, False)[0], _linear_grads(out, w, True)[0])
+
+
+def test_in_place_change_voids_the_mark():
+    spikes = mark_binary((torch.rand(8, 10) < 0.5).float())
+    spikes.mul_(0.5)
+    assert binary_scale(spikes) is None
+    grad_full, _ = _linear_grads(spikes, torch.randn(3, 10), compact=False)
+    grad_compact, saved = _linear_grads(spikes, torch.randn(3, 10), compact=True)
+    assert saved == spikes.numel() * 4  # kept as float
+
+
+def test_derived_tensor_is_stored_as_its_source_and_recomputed():
+    spikes = mark_binary((torch.rand(4, 3, 8, 8) < 0.4).float())
+    pooled = mark_derived(F.avg_pool2d(spikes, 2), lambda t: F.avg_pool2d(t, 2), spikes)
+    w = torch.randn(5, 3, 3, 3, requires_grad=True)
+    with SavedTensorMeter(exclude=[w]) as meter, CompactSaved():
+        F.conv2d(pooled, w).sum().backward()
+    assert meter.peak_bytes == spikes.numel()  # the spikes' bits; the pooled floats are not kept
+    ref = w.detach().clone().requires_grad_(True)
+    F.conv2d(F.avg_pool2d(spikes, 2), ref).sum().backward()
+    assert torch.equal(w.grad, ref.grad)
+
+
+def test_one_copy_for_a_tensor_saved_many_times():
+    mask = mark_binary((torch.rand(64, 64) < 0.5).float())
+    xs = [torch.randn(64, 64, requires_grad=True) for _ in range(5)]
+    with SavedTensorMeter(exclude=xs) as meter, CompactSaved():
+        outs = [x * mask for x in xs]  # the product saves the mask for x's gradient
+        assert meter.current_bytes == mask.numel()
+        sum(o.sum() for o in outs).backward()
+    assert meter.current_bytes == 0
+    assert all(torch.equal(x.grad, mask) for x in xs)
+
+
+def test_step_norm_saves_only_its_input():
+    bn = StepBatchNorm2d(4).train()
+    x = torch.randn(3, 5, 4, 6, 6, requires_grad=True)
+    with SavedTensorMeter(exclude=[bn, x]) as meter:
+        out = bn.forward_sequence(x)
+    assert meter.peak_bytes == 2 * 3 * 4 * 4  # per-step mean and 1/std; x itself is excluded
+    out.sum().backward()
