@@ -23,6 +23,7 @@ COMMANDS = {
     "presets": "presets",
     "sweep": "sweep",
     "report": "report",
+    "design-space": "design_space",
 }
 
 
