@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+import leanspike
 
 from leanspike.costs import CostSetting, analyze, profile_model
 from leanspike.models.registry import REFERENCE, build_model
@@ -68,6 +71,14 @@ def run_model(name: str, batch: int) -> list[dict]:
     return [{"calibration": memory.as_dict(), "model": name}] + rows
 
 
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(leanspike.__file__).parent, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["lenet1", "spiking_cnn", "alexnet"])
@@ -83,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     worst = max(abs(r["error"]) for r in rows)
     print(f"\nworst calibrated error {100 * worst:.2f}% over {len(rows)} settings")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"torch": torch.__version__, "python": sys.version.split()[0],
+    Path(args.out).write_text(json.dumps({"leanspike_commit": _commit(), "torch": torch.__version__,
+                                          "python": sys.version.split()[0],
                                           "machine": platform.machine(), "calibration_settings": "BPTT, T = 1 and 2",
                                           "worst_error": worst, "results": results}, indent=1))
     return 0
