@@ -485,6 +485,8 @@ class _Run:
                 torch.cuda.synchronize(self.device)
             if not metered:
                 self.iter_times.append(time.perf_counter() - t0)
+                if len(self.iter_times) > 2000:  # the median of recent iterations is enough
+                    del self.iter_times[:1000]
             stop, bad = self._sync_flags(flag.signum is not None, not math.isfinite(result.loss))
             if bad:
                 kept = (f"the last good checkpoint ({self.out / FILENAME}) is kept"
