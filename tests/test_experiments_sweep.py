@@ -45,6 +45,12 @@ def test_sweep_skips_finished_resumes_unfinished_and_reports(tmp_path, capsys):
     assert (out / "name=sltt__seed=1" / "summary.json").is_file()
     assert (out / "name=bptt__seed=0" / "checkpoint.pt").stat().st_mtime_ns == untouched
 
+    # the same folder with another learning rate is another experiment: refused before anything runs
+    listing = sorted(p.name for p in out.rglob("*"))
+    assert main(argv + ["--lr", "0.3"]) == 2
+    assert "was made with another optimizer.lr (0.1, now 0.3); use a new --out" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*")) == listing
+
     assert main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
     for method in ("sltt", "bptt"):

@@ -186,18 +186,6 @@ def _check_out_dir(out: Path, resume: bool) -> None:
         raise UserError(f"--out {out}: directory exists and is not empty; choose a new one or pass --resume")
 
 
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        name = prefix + key
-        if isinstance(va, dict) and isinstance(vb, dict) and not name.endswith("options"):
-            out += _differences(va, vb, name + ".")
-        elif va != vb:
-            out.append(name)
-    return out
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, T: int, encode, device: torch.device | None = None,
              autocast=contextlib.nullcontext) -> tuple[int, int]:
@@ -235,7 +223,7 @@ class _Run:
             path = out / FILENAME  # type: ignore[operator]
             if path.exists():
                 ckpt = load_checkpoint(path, "--resume checkpoint")
-                diffs = [d for d in _differences(C.to_dict(cfg), ckpt.get("config", {}))
+                diffs = [d for d in C.differences(C.to_dict(cfg), ckpt.get("config", {}))
                          if d not in RESUMABLE_CHANGES]
                 if diffs:
                     raise UserError(f"--resume: config field {diffs[0]} differs from the run's "
@@ -609,6 +597,7 @@ def train(cfg: TrainConfig | ExperimentConfig, *, out: str | Path | None = None,
         cfg = cfg.to_experiment()
     out_path = Path(out).expanduser() if out is not None else None
     if resume and out_path is not None and (out_path / SUMMARY).is_file():
+        print(f"{out_path} holds a finished run; nothing to resume", file=sys.stderr)
         return json.loads((out_path / SUMMARY).read_text())
     owns_group = dist_utils.env_world_size() > 1 and not _dist_initialized()
     try:

@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
             print(p.run_id)
         print(f"{len(points)} runs")
         return 0
+    from ..experiments.sweep import check_existing
+
+    check_existing(points, out)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / SWEEP_FILE, json.dumps({
         "grid": grid, "base": C.to_dict(C.apply_overrides(base, {"sweep": {}})),

@@ -314,6 +314,19 @@ def get_path(cfg: ExperimentConfig, key: str) -> Any:
     return node
 
 
+def differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two config dicts differ (free-form mappings compared whole)."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        name = prefix + key
+        if isinstance(va, dict) and isinstance(vb, dict) and key not in ("options", "sweep"):
+            out += differences(va, vb, name + ".")
+        elif va != vb:
+            out.append(name)
+    return out
+
+
 # ------------------------------------------------------------------------ validation
 def _choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:

@@ -80,6 +80,28 @@ def parse_grid(entries: list[str]) -> dict[str, list[Any]]:
     return grid
 
 
+#: fields a run may change between sweeps without becoming another experiment
+UNCOMPARED = ("data.root", "data.workers", "data.test_batch_size", "device", "tensorboard", "name", "description",
+              "source", "notes", "sweep")
+
+
+def check_existing(points: list[Point], out: Path) -> None:
+    """Refuse to skip or resume a run folder that holds another experiment than its grid point."""
+    from .logs import CONFIG
+    from .presets import read_yaml
+
+    for point in points:
+        path = out / point.run_id / CONFIG
+        if not path.is_file():
+            continue
+        stored = C.to_dict(C.from_dict(read_yaml(path, f"sweep run {point.run_id}"), f"{path}: "))
+        diffs = [d for d in C.differences(C.to_dict(point.config), stored) if d not in UNCOMPARED]
+        if diffs:
+            raise UserError(f"sweep run {point.run_id}: {path.parent} was made with another {diffs[0]} "
+                            f"({C.get_path(C.from_dict(stored), diffs[0])!r}, now "
+                            f"{C.get_path(point.config, diffs[0])!r}); use a new --out")
+
+
 def run_sweep(points: list[Point], out: Path, train: Callable[..., dict[str, Any]], progress: bool = True,
               log: Callable[[str], None] = lambda msg: print(msg, flush=True)) -> dict[str, list[str]]:
     """Run every point in ``out/<run id>``: skip finished ones, resume unfinished ones.
@@ -88,6 +110,7 @@ def run_sweep(points: list[Point], out: Path, train: Callable[..., dict[str, Any
     """
     from .logs import CONFIG, SUMMARY
 
+    check_existing(points, out)
     outcome: dict[str, list[str]] = {"done": [], "ran": [], "failed": []}
     for i, point in enumerate(points, 1):
         folder = out / point.run_id
