@@ -176,6 +176,13 @@ def _resolve_device(cfg: ExperimentConfig, local_rank: int) -> torch.device:
     return torch.device(cfg.device)
 
 
+def _to_device(module: nn.Module, device: torch.device) -> None:
+    """``module.to(device)``, skipped when everything already lives there (the usual CPU case)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.device != device for t in tensors):
+        module.to(device)
+
+
 def _check_out_dir(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
@@ -257,10 +264,9 @@ class _Run:
         self._probe()
         if cfg.init_from:
             self._load_init(cfg.init_from)
-        self.model.to(self.device)
         heads = self._heads()
-        for h in heads:
-            h.to(self.device)
+        for module in (self.model, *heads):
+            _to_device(module, self.device)
         if self.dist:
             dist_utils.broadcast_tensors(dist_utils.module_tensors(self.model, *heads), src=0)
             self.method.grad_sync = dist_utils.GradAllReduce(self._parameters, self.world)
