@@ -102,8 +102,9 @@ def test_plan_and_costs_commands(tmp_path, capsys):
     assert cli.main(["plan", "--model", "spiking_mlp", "--input", "1x8x8", "--T", "4", "--batch", "16",
                      "--budget", "much"]) == 2
     assert cli.main(["costs", "--model", "spiking_mlp", "--input", "1x8x8", "--T", "4", "--k", "4", "2", "1",
-                     "--n", "1", "--density", "0.2", "--classifier", "trainable", "random",
+                     "--n", "1", "--density", "0.2", "--classifier", "trainable", "random", "--calibrate",
                      "--out", str(tmp_path / "c")]) == 0
     doc = json.loads((tmp_path / "c" / "costs.json").read_text())
     assert len(doc["settings"]) == 6 and (tmp_path / "c" / "costs.png").stat().st_size > 0
+    assert doc["graph_scale"] > 0
     assert cli.main(["costs", "--model", "spiking_mlp", "--T", "4", "--k", "5"]) == 2
