@@ -108,7 +108,7 @@ def build_method(cfg: ExperimentConfig, rank: int = 0) -> Method:
     elif m.name == "sltt":
         method = SLTT(loss)
     elif m.name == "sltt-k":
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1 + rank)
+        gen = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * rank)
         method = SLTTK(int(m.K), loss, scale=m.scale, generator=gen)  # type: ignore[arg-type]
     elif m.name == "ottt":
         method = OTTT(loss, update=m.update)
