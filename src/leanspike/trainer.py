@@ -22,6 +22,7 @@ leaves the last good checkpoint in place.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import signal
@@ -458,9 +459,8 @@ class _Run:
         seen_at_start = self.accum["seen"]
         cuda = self.device.type == "cuda"
         model.train()
-        for b, (x, y) in enumerate(self.train_loader, start=self.batch):
-            if b >= total:
-                break
+        # islice: a capped epoch (max_batches) loads no batch beyond the cap
+        for b, (x, y) in enumerate(itertools.islice(self.train_loader, max(total - self.batch, 0)), start=self.batch):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             inputs = self.data.encode(x, cfg.T)
             if cuda:
