@@ -123,6 +123,7 @@ def _read_json(path: Path) -> Any:
 
 def _check_grid_file(out: Path, payload: dict[str, Any]) -> None:
     path = out / GRID_FILE
+    payload = json.loads(json.dumps(payload))  # compare as JSON reads it back (tuples become lists)
     if path.exists():
         saved = _read_json(path)
         if saved != payload:
@@ -317,7 +318,11 @@ def results_markdown(base: C.ExperimentConfig, rows: Sequence[dict[str, Any]],
                   "|---|---|---|---|---|---|"]
         lines += [f"| {f['classifier']} | {f['n']} | {f['points']} | {f['slope_bytes_per_step'] / 2**20:.4f} "
                   f"| {f['intercept_bytes'] / 2**20:.4f} | {f['r2']:.5f} |" for f in fits]
-    lines += ["", "## All runs", "", "| " + " | ".join(RESULT_COLUMNS) + " |", "|" + "---|" * len(RESULT_COLUMNS)]
+    lines += ["", "## All runs", "",
+              "train_loss is the trainer's epoch mean of the network output's loss summed over the "
+              "T/k intervals, so it is not comparable across k; s_per_iter and train_time_s are wall "
+              "times on whatever machine ran the sweep.", "",
+              "| " + " | ".join(RESULT_COLUMNS) + " |", "|" + "---|" * len(RESULT_COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in RESULT_COLUMNS) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
