@@ -159,8 +159,13 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     out = tmp_path / "sweep"
     ds.run_design_space(tiny_base(), out, ks=[1], ns=[1], classifiers=["random"], plots=False, log=lambda m: None)
     other = C.apply_overrides(tiny_base(), [("optimizer.lr", 0.2)])
-    with pytest.raises(UserError, match="differ from the folder's"):
+    with pytest.raises(UserError, match="optimizer.lr differ from the folder's"):
         ds.run_design_space(other, out, ks=[1], ns=[1], classifiers=["random"], log=lambda m: None)
+    with pytest.raises(UserError, match="grid differ from the folder's"):
+        ds.run_design_space(tiny_base(), out, ks=[1], ns=[1], classifiers=["trainable"], log=lambda m: None)
+    renamed = C.apply_overrides(tiny_base(), [("notes", "a preset's notes may change")])
+    again = ds.run_design_space(renamed, out, ks=[1], ns=[1], classifiers=["random"], log=lambda m: None)
+    assert again.skipped == ["classifier=random__n=1__k=1"] and again.ran == []
     with pytest.raises(UserError, match="n = 3 exceeds the spiking depth 2"):
         ds.run_design_space(tiny_base(), tmp_path / "deep", ks=[1], ns=[3], classifiers=["random"])
 

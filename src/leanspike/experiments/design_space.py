@@ -121,17 +121,25 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _check_grid_file(out: Path, payload: dict[str, Any]) -> None:
+def _check_grid_file(out: Path, grid: dict[str, list[Any]], base: C.ExperimentConfig) -> None:
+    """Write the grid and base config, or check them against the folder's: the same grid and
+    no difference in a field the sweep compares (the generic sweep's ``UNCOMPARED`` fields,
+    such as a preset's notes, the data root or the device, may change)."""
+    from .sweep import UNCOMPARED
+
     path = out / GRID_FILE
-    payload = json.loads(json.dumps(payload))  # compare as JSON reads it back (tuples become lists)
-    if path.exists():
-        saved = _read_json(path)
-        if saved != payload:
-            fields = sorted(k for k in set(saved or {}) | set(payload) if (saved or {}).get(k) != payload.get(k))
-            raise UserError(f"{path}: this sweep's {', '.join(fields) or 'settings'} differ from the folder's; "
-                            "resume with the same settings or choose a new --out")
-    else:
+    payload = json.loads(json.dumps({"grid": grid, "base": C.to_dict(base)}))  # as JSON reads it back
+    if not path.exists():
         atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+        return
+    saved = _read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("base"), dict):
+        raise UserError(f"{path}: not a design-space grid file; choose a new --out")
+    diffs = [] if saved.get("grid") == payload["grid"] else ["grid"]
+    diffs += [d for d in C.differences(payload["base"], saved["base"]) if d not in UNCOMPARED]
+    if diffs:
+        raise UserError(f"{path}: this sweep's {', '.join(diffs)} differ from the folder's; "
+                        "resume with the same settings or choose a new --out")
 
 
 def run_design_space(base: C.ExperimentConfig, out: str | Path, *, ks: Sequence[int], ns: Sequence[int],
@@ -158,7 +166,7 @@ def run_design_space(base: C.ExperimentConfig, out: str | Path, *, ks: Sequence[
         raise UserError(f"design-space: n = {too_deep[0]} exceeds the spiking depth {depth} of model "
                         f"{base.model.name}; expected n <= {depth}")
     (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
-    _check_grid_file(out, {"grid": grid, "base": C.to_dict(base)})
+    _check_grid_file(out, grid, base)
     shared = shared_cells(points, depth)
     runs = out / RUNS_DIR
     ran: list[str] = []
