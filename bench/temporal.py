@@ -266,7 +266,10 @@ def cmd_time(args) -> int:
 
 def cmd_run(args) -> int:
     done = done_keys()
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
+    import leanspike
+
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+           "leanspike": str(Path(leanspike.__file__).parent)}
     phases = ("cost", "scale", "main", "other", "scaleK") if args.phase == "all" else (args.phase,)
     if args.phase == "custom" and not args.tag:
         raise SystemExit("--phase custom needs --tag (it names these runs' keys)")

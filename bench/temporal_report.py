@@ -103,16 +103,17 @@ def cosine_table(rows: list[dict], task: str, which: str = "main") -> list[str]:
 
 def scale_table(rows: list[dict]) -> list[str]:
     out = ["| task | scale | ‖g_K‖ / ‖g_SLTT‖ (one draw, mean ± std) | ‖mean of draws‖ / ‖g_SLTT‖ "
-           "| cosine(g_K, g_SLTT) | accuracy (3 seeds) |", "|---|---|---|---|---|---|"]
+           "| cosine(g_K, g_SLTT) | accuracy, Adam | accuracy, SGD |", "|---|---|---|---|---|---|---|"]
     for r in (r for r in rows if r["kind"] == "scale"):
         task = r["task"]
         for scale, method in (("T", "sltt-k"), ("K", "sltt-k-scaleK")):
             s = r["scales"][scale]
-            acc = [x["accuracy"] for x in rows if x["kind"] == "train" and x["task"] == task
-                   and x["method"] == method and x["tau"] == r["tau"] and tag(x) == "main"]
+            acc, sgd = ([x["accuracy"] for x in rows if x["kind"] == "train" and x["task"] == task
+                         and x["method"] == method and x["tau"] == r["tau"] and tag(x) == which]
+                        for which in ("main", "sgd"))
             out.append(f"| {task} (T = {r['T']}, K = {max(1, r['T'] // 4)}) | {scale} | "
                        f"{s['norm_ratio_mean']:.3f} ± {s['norm_ratio_std']:.3f} | {s['mean_grad_norm_ratio']:.3f} | "
-                       f"{s['cosine_mean']:.3f} | {mean_std(acc) if acc else '–'} |")
+                       f"{s['cosine_mean']:.3f} | {mean_std(acc) if acc else '–'} | {mean_std(sgd) if sgd else '–'} |")
     return out
 
 
@@ -140,8 +141,9 @@ def plots(rows: list[dict]) -> None:
         ax.set_xticks([i + width * (len(taus) - 1) / 2 for i in range(len(methods))])
         ax.set_xticklabels([labels[m] for m in methods], rotation=35, ha="right", fontsize=8)
         ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(40, 85)
         ax.set_title(TASK_TITLES[task], fontsize=9)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, ncol=3, loc="upper center")
     fig.tight_layout()
     fig.savefig(RESULTS / "temporal_accuracy.png", dpi=110)
     plt.close(fig)
@@ -149,7 +151,7 @@ def plots(rows: list[dict]) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for r in sorted((r for r in rows if r["kind"] == "train" and r["task"] == task and r["method"] == "bptt"
-                         and r["seed"] == 0 and r.get("cosine")), key=lambda r: (tag(r), r["tau"])):
+                         and r["seed"] == 0 and r.get("cosine")), key=lambda r: (tag(r) != "main", r["tau"])):
             ax.plot([c[0] for c in r["cosine"]], [c[1]["mean"] for c in r["cosine"]], marker="o", ms=3,
                     label=f"τ = {r['tau']:g}" + ("" if tag(r) == "main" else f" ({tag(r)})"))
         ax.set_xlabel("training iteration (BPTT run)")
