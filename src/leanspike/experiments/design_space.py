@@ -398,11 +398,12 @@ def plot_memory(rows: Sequence[dict[str, Any]], fits: Sequence[dict[str, Any]], 
     classifiers = _ordered(r["classifier"] for r in rows)
     plt, fig, axes = _figure(classifiers)
     for ax, classifier in zip(axes, classifiers):
-        for c, n, sel in _series(rows):
-            if c != classifier:
-                continue
+        series = [(c, n, sel) for c, n, sel in _series(rows) if c == classifier]
+        for i, (c, n, sel) in enumerate(series):
             pts = sorted((r["k"], r["peak_saved_bytes"] / 2**20) for r in sel if r.get("peak_saved_bytes") is not None)
-            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="none", label=f"n = {n}")[0]
+            # shrinking open markers keep series visible where they coincide
+            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="osD^v"[i % 5], markersize=11 - 2.5 * (i % 4),
+                           markerfacecolor="none", linestyle="none", label=f"n = {n}")[0]
             fit = next((f for f in fits if f["classifier"] == c and f["n"] == n), None)
             if fit is not None and pts:
                 xs = [pts[0][0], pts[-1][0]]
