@@ -81,3 +81,14 @@ def test_step_norm_saves_only_its_input():
         out = bn.forward_sequence(x)
     assert meter.peak_bytes == 2 * 3 * 4 * 4  # per-step mean and 1/std; x itself is excluded
     out.sum().backward()
+
+
+def test_a_view_that_returns_its_input_is_not_its_own_recipe():
+    spikes = mark_binary((torch.rand(6, 5) < 0.5).float())
+    flat = torch.nn.Flatten()(spikes)  # 2-D: Flatten hands back the same tensor
+    assert flat is spikes
+    assert mark_derived(flat, lambda t: t, spikes) is spikes and binary_scale(spikes) == 1.0
+    w = torch.randn(3, 5, requires_grad=True)
+    with CompactSaved():
+        F.linear(flat, w).sum().backward()
+    assert torch.equal(w.grad, spikes.sum(0).expand(3, 5))

@@ -33,13 +33,16 @@ def mark_binary(t: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Ten
 
     ``scale`` is 1.0 or a 0-dim tensor in ``t``'s dtype holding the exact value.
     """
+    if not isinstance(scale, torch.Tensor) and scale != 1.0:
+        scale = torch.tensor(scale, dtype=t.dtype, device=t.device)
     setattr(t, _ATTR, ("binary", scale, t._version))
     return t
 
 
 def mark_derived(t: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], source: torch.Tensor) -> torch.Tensor:
-    """Declare ``t == fn(source)`` bit for bit, ``fn`` pure; no-op unless ``source`` is marked."""
-    if _mark(source) is not None:
+    """Declare ``t == fn(source)`` bit for bit, ``fn`` pure; no-op unless ``source`` is marked
+    (or when ``t`` is ``source`` itself: a view op may return its input)."""
+    if t is not source and _mark(source) is not None:
         setattr(t, _ATTR, ("derived", fn, source, t._version))
     return t
 
@@ -53,11 +56,13 @@ def _mark(t: torch.Tensor) -> tuple | None:
 
 def _valid(mark: tuple) -> bool:
     """A binary mark, or a derived one whose chain of sources is still intact."""
-    while mark[0] == "derived":
+    for _ in range(64):  # a chain of views and poolings; never a cycle (see mark_derived)
+        if mark[0] != "derived":
+            return True
         mark = _mark(mark[2])  # type: ignore[assignment]
         if mark is None:
             return False
-    return True
+    return False
 
 
 def binary_scale(t: torch.Tensor) -> float | torch.Tensor | None:
@@ -129,11 +134,10 @@ class CompactSaved:
         if isinstance(packed, _Recipe):
             return packed.fn(self._restore(packed.source))
         bits = packed.payload if self._outer is None else self._outer[1](packed.payload)
-        out = bits.to(packed.dtype)
         scale = packed.scale
-        if isinstance(scale, torch.Tensor) or scale != 1.0:
-            out = out.mul_(scale)
-        return out
+        if isinstance(scale, torch.Tensor):
+            return torch.where(bits, scale, 0.0)  # exactly 0 or the scale, in one pass
+        return bits.to(packed.dtype)
 
     def _unpack(self, packed: Any) -> torch.Tensor:
         if isinstance(packed, (_Bits, _Recipe)):

@@ -28,19 +28,25 @@ from .state import Stateful
 # --------------------------------------------------------------------------------------
 # Per-step batch norm
 # --------------------------------------------------------------------------------------
-def step_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-step, per-channel mean, ``1/sqrt(var + eps)`` and biased var of ``x`` ``[T, B, C, ...]``."""
-    var, mean = torch.var_mean(x, dim=(1, *range(3, x.dim())), correction=0)
-    return mean, torch.rsqrt(var + eps), var
+def step_norm_forward(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, ...]:
+    """Normalise each step of ``x`` ``[T, B, C, ...]`` with its own batch statistics, exactly as T
+    calls of ``bn`` in training would (the same kernel, the same running-statistics updates).
 
-
-def normalise_steps(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor | None,
-                    bias: torch.Tensor | None) -> torch.Tensor:
-    """``x·a + b`` per step and channel, ``a = γ·invstd``, ``b = β − mean·a`` (one pass over ``x``)."""
-    a = invstd * weight if weight is not None else invstd
-    b = bias - mean * a if bias is not None else -(mean * a)
-    shape = (x.shape[0], 1, x.shape[2]) + (1,) * (x.dim() - 3)
-    return torch.addcmul(b.view(shape), x, a.view(shape))
+    Returns the output and the per-step ``mean`` and ``1/sqrt(var + eps)`` (``[T, C]``).
+    """
+    steps, channels = x.shape[0], x.shape[2]
+    out = torch.empty_like(x)
+    stats = x.new_empty((2, steps, channels), dtype=bn.weight.dtype if bn.weight is not None else x.dtype)
+    track = bn.training and bn.track_running_stats
+    for t in range(steps):
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if track and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        running = (bn.running_mean, bn.running_var) if track else (None, None)
+        torch.ops.aten.native_batch_norm.out(x[t], bn.weight, bn.bias, *running, True, factor, bn.eps,
+                                            out=out[t], save_mean=stats[0, t], save_invstd=stats[1, t])
+    return out, stats[0], stats[1]
 
 
 def step_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor,
@@ -61,20 +67,19 @@ def step_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
 
 
 class StepNorm(torch.autograd.Function):
-    """Batch norm with each step's statistics over ``[T, B, C, ...]``; saves only ``x`` and the
-    statistics (no transposed copies). Also returns the per-step mean and biased variance."""
+    """Batch norm with each step's statistics over ``[T, B, C, ...]`` (see :func:`step_norm_forward`);
+    saves only ``x`` and the per-step statistics (no transposed copies)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps: float):  # type: ignore[override]
-        mean, invstd, var = step_statistics(x, eps)
+    def forward(ctx, x, weight, bias, bn):  # type: ignore[override]
+        out, mean, invstd = step_norm_forward(x, bn)
         ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.eps, ctx.has_bias = eps, bias is not None
-        ctx.mark_non_differentiable(mean, var)
-        return normalise_steps(x, mean, invstd, weight, bias), mean, var
+        ctx.eps, ctx.has_bias = bn.eps, bias is not None
+        return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad, _mean, _var):  # type: ignore[override]
+    def backward(ctx, grad):  # type: ignore[override]
         x, weight, mean, invstd = ctx.saved_tensors
         need = ctx.needs_input_grad
         mask = [need[0], weight is not None and need[1], ctx.has_bias and need[2]]
@@ -94,9 +99,8 @@ class _StepBatchNorm:
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` ``[T, B, C, ...]`` as T calls of ``forward`` would, in one pass.
 
-        Running statistics (and ``num_batches_tracked``) end up where T sequential calls
-        would leave them. In training, the result differs from T calls by float rounding
-        only (``x·a + b`` instead of the fused kernel's order of operations).
+        The output, the running statistics and ``num_batches_tracked`` are exactly those of
+        T sequential calls (the same kernel per step); backward saves only ``x``.
         """
         bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
         if x.dim() < 3:
@@ -114,27 +118,9 @@ class _StepBatchNorm:
         if bn.training and count < 2:
             raise ValueError(f"expected more than 1 value per channel when training, got {count}")
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, bn.weight, bn.bias)):
-            out, mean, var = StepNorm.apply(x, bn.weight, bn.bias, bn.eps)
-        else:
-            with torch.no_grad():
-                mean, invstd, var = step_statistics(x, bn.eps)
-                out = normalise_steps(x, mean, invstd, bn.weight, bn.bias)
-        if bn.training and bn.track_running_stats:
-            self.track_step_statistics(mean, var * (count / (count - 1)))  # unbiased, like nn.BatchNorm
-        return out
-
-    @torch.no_grad()
-    def track_step_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
-        """Fold T steps' batch statistics (``[T, C]``; ``var`` unbiased) into the running ones,
-        in order, as T calls of ``forward`` would."""
-        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
-        assert bn.running_mean is not None and bn.running_var is not None
-        assert bn.num_batches_tracked is not None
-        for t in range(mean.shape[0]):
-            bn.num_batches_tracked.add_(1)
-            factor = (1.0 / float(bn.num_batches_tracked)) if bn.momentum is None else bn.momentum
-            bn.running_mean.mul_(1 - factor).add_(mean[t].to(bn.running_mean.dtype), alpha=factor)
-            bn.running_var.mul_(1 - factor).add_(var[t].to(bn.running_var.dtype), alpha=factor)
+            return StepNorm.apply(x, bn.weight, bn.bias, bn)
+        with torch.no_grad():
+            return step_norm_forward(x, bn)[0]
 
 
 class StepBatchNorm1d(_StepBatchNorm, nn.BatchNorm1d):
@@ -273,7 +259,7 @@ class SequenceDropout(Stateful):
         self._scale = torch.ones((), dtype=like.dtype, device=like.device) / (1 - self.p)
         return mark_binary(mask, self._scale)
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+    def _masked(self, x: torch.Tensor) -> torch.Tensor:
         assert self.mask is not None
         out = x * self.mask
         scale = binary_scale(x)
@@ -290,7 +276,7 @@ class SequenceDropout(Stateful):
         elif tuple(self.mask.shape) != shape:
             raise ValueError(f"{type(self).__name__}: step shaped {tuple(x.shape)} does not match the "
                              f"sequence's mask {tuple(self.mask.shape)}; reset_state() between sequences")
-        return self._apply(x)
+        return self._masked(x)
 
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[T, B, ...]``: one mask for the whole sequence (same as T calls)."""
@@ -298,7 +284,7 @@ class SequenceDropout(Stateful):
             return x
         if self.mask is None:
             self.mask = self._draw(self.mask_shape(x[0]), x)
-        return self._apply(x)
+        return self._masked(x)
 
 
 class SequenceDropout2d(SequenceDropout):
