@@ -80,30 +80,49 @@ def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor | None, gra
 
     ``dL/du[t] = dL/ds[t]·h[t] + dL/du[t+1]·∂c[t]/∂u[t]`` with ``h`` the surrogate derivative
     at ``u[t] − V_th``; the last step receives ``grad_carry`` (the final carry's gradient).
+    For the soft resets ``∂c/∂u = λ − k·h`` (k = λ·V_th, or V_th outside the leak; 0 when the
+    reset is detached), so ``dL/du[t] = h·(dL/ds − k·dL/du[t+1]) + λ·dL/du[t+1]``.
     """
+    lam, th = dyn.decay, dyn.v_threshold
+    if dyn.reset == "hard":
+        return _hard_backward(potentials, grad_spikes, grad_carry, dyn)
+    grad = dyn.surrogate.derivative_(potentials - th)  # h, overwritten step by step with dL/du
+    if grad_spikes is None:
+        grad_spikes = torch.zeros_like(potentials)
+    k = 0.0 if dyn.detach_reset else (lam * th if dyn.reset == "soft" else th)
+    upstream = grad_carry
+    scratch = None
+    for t in range(potentials.shape[0] - 1, -1, -1):
+        g = grad[t]
+        if upstream is None:
+            g.mul_(grad_spikes[t])
+        else:
+            if k:
+                scratch = torch.add(grad_spikes[t], upstream, alpha=-k, out=scratch)
+                g.mul_(scratch)
+            else:
+                g.mul_(grad_spikes[t])
+            g.add_(upstream, alpha=lam)
+        upstream = g
+    return grad
+
+
+def _hard_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor | None, grad_carry: torch.Tensor | None,
+                   dyn: Dynamics) -> torch.Tensor:
+    """Hard reset, ``c = λ·u·(1 − s)``: ``∂c/∂u = λ·(1 − s) − λ·u·h`` (the second term unless detached)."""
     x = potentials - dyn.v_threshold
     deriv = dyn.surrogate.derivative(x)
-    steps = potentials.shape[0]
     grad = grad_spikes * deriv if grad_spikes is not None else torch.zeros_like(potentials)
-    if steps == 1 and grad_carry is None:
+    if potentials.shape[0] == 1 and grad_carry is None:
         return grad
-    lam, th = dyn.decay, dyn.v_threshold
-    # ∂c[t]/∂u[t], written into ``deriv`` (no longer needed) where possible
-    if dyn.reset == "soft":
-        route = lam if dyn.detach_reset else deriv.mul_(-lam * th).add_(lam)
-    elif dyn.reset == "soft-unleaked":
-        route = lam if dyn.detach_reset else deriv.mul_(-th).add_(lam)
-    else:  # hard: c = λ·u·(1 − s)
-        keep = (x < 0).to(potentials.dtype)  # 1 − s
-        route = keep.mul_(lam) if dyn.detach_reset else keep.mul_(lam).sub_(deriv.mul_(potentials).mul_(lam))
-    scalar = not isinstance(route, torch.Tensor)
+    lam = dyn.decay
+    route = (x < 0).to(potentials.dtype).mul_(lam)  # λ·(1 − s)
+    if not dyn.detach_reset:
+        route.sub_(deriv.mul_(potentials).mul_(lam))
     upstream = grad_carry
-    for t in range(steps - 1, -1, -1):
+    for t in range(potentials.shape[0] - 1, -1, -1):
         if upstream is not None:
-            if scalar:
-                grad[t].add_(upstream, alpha=route)
-            else:
-                grad[t].addcmul_(upstream, route[t])
+            grad[t].addcmul_(upstream, route[t])
         upstream = grad[t]
     return grad
 

@@ -22,6 +22,10 @@ class Surrogate:
     def derivative(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def derivative_(self, x: torch.Tensor) -> torch.Tensor:
+        """``derivative(x)``, allowed to overwrite ``x`` (a scratch tensor) to save a pass."""
+        return self.derivative(x)
+
     def spike(self, x: torch.Tensor) -> torch.Tensor:
         """Heaviside forward with this surrogate's backward."""
         return SpikeFunction.apply(x, self)
@@ -37,6 +41,9 @@ class Rectangle(Surrogate):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return (x.abs() < self.width / 2).to(x.dtype) / self.width
 
+    def derivative_(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.lt(x.abs_(), self.width / 2, out=x).div_(self.width)
+
 
 @dataclass(frozen=True)
 class Triangle(Surrogate):
@@ -47,6 +54,9 @@ class Triangle(Surrogate):
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return (self.width - x.abs()).clamp_min(0) / (self.width * self.width)
+
+    def derivative_(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs_().neg_().add_(self.width).clamp_min_(0).div_(self.width * self.width)
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,11 @@ class Sigmoid(Surrogate):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         sg = torch.sigmoid(self.alpha * x)
         return self.alpha * sg * (1 - sg)
+
+    def derivative_(self, x: torch.Tensor) -> torch.Tensor:
+        sg = x.mul_(self.alpha).sigmoid_()
+        alpha = sg.new_tensor(self.alpha).expand_as(sg)  # one fused pass: α·(1 − σ)·σ
+        return torch.ops.aten.sigmoid_backward.grad_input(alpha, sg, grad_input=sg)
 
 
 @dataclass(frozen=True)
