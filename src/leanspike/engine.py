@@ -9,6 +9,11 @@ output into a local prediction; the last block's head is the network's own outpu
 Per interval, the engine: detaches all state, runs the interval's steps (with or
 without a graph), sums each block's window loss, calls backward once, and, when the
 schedule says so, steps the optimizer.
+
+When every block and head supports it (:func:`~leanspike.multistep.supports_sequence`),
+an interval runs layer by layer over all its steps (:mod:`leanspike.multistep`), and
+consecutive intervals without a graph (SLTT-K's skipped steps) run as one. While it
+runs, binary tensors saved for backward are kept as bool (:mod:`leanspike.compact`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .compact import CompactSaved, mark_derived
 from .losses import WindowLoss
+from .multistep import NO_GRAD_CHUNK, run_sequence, supports_sequence
 from .state import detach_states, reset_states
 
 
@@ -69,12 +76,18 @@ def infer(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Inference over all T steps of ``[T, B, ...]``: the time-averaged output ``[B, C]``."""
     reset_states(model)
     total = None
-    for t in range(inputs.shape[0]):
-        out = model(inputs[t])
-        total = out if total is None else total + out
+    sequence = supports_sequence(model)
+    for t0 in range(0, inputs.shape[0], NO_GRAD_CHUNK if sequence else 1):
+        outs = run_sequence(model, inputs[t0:t0 + NO_GRAD_CHUNK], kept_input=True) if sequence else model(inputs[t0]).unsqueeze(0)
+        for out in outs:
+            total = out if total is None else total + out
     reset_states(model)
     assert total is not None
     return total / inputs.shape[0]
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 class Engine:
@@ -98,6 +111,46 @@ class Engine:
             outs.append(x if head is None else head(x))
         return outs
 
+    def supports_sequence(self) -> bool:
+        """True when every block and head can run layer by layer over several steps."""
+        return all(supports_sequence(m) for m in (*self.blocks, *self.heads))
+
+    def sequence(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Steps ``[t, B, ...]`` through every block, layer by layer: ``[t, B, ...]`` per block."""
+        outs = []
+        for i, (block, head) in enumerate(zip(self.blocks, self.heads)):
+            if i > 0:
+                x = mark_derived(x.detach(), _same, x)
+            x = run_sequence(block, x, kept_input=i == 0)
+            outs.append(x if head is None else run_sequence(head, x))
+        return outs
+
+    def _windows(self, inputs: torch.Tensor, sequence: bool) -> list[torch.Tensor]:
+        if sequence:
+            return self.sequence(inputs)
+        per_block: list[list[torch.Tensor]] = [[] for _ in self.blocks]
+        for t in range(inputs.shape[0]):
+            for b, out in enumerate(self.step(inputs[t])):
+                per_block[b].append(out)
+        return [torch.stack(outs) for outs in per_block]
+
+    @staticmethod
+    def _chunks(schedule: Schedule, sequence: bool) -> list[list[int]]:
+        """Interval indices run together: consecutive graph-free intervals are merged when
+        running layer by layer and no update falls between them."""
+        chunks: list[list[int]] = []
+        for index, (t0, t1) in enumerate(schedule.intervals):
+            with_graph = schedule.graph_intervals is None or index in schedule.graph_intervals
+            prev = chunks[-1] if chunks else None
+            if (sequence and not with_graph and not schedule.update_per_interval and prev is not None
+                    and prev[-1] not in (schedule.graph_intervals or ())
+                    and schedule.graph_intervals is not None
+                    and t1 - schedule.intervals[prev[0]][0] <= NO_GRAD_CHUNK):
+                prev.append(index)
+            else:
+                chunks.append([index])
+        return chunks
+
     def run(
         self,
         inputs: torch.Tensor,
@@ -110,34 +163,38 @@ class Engine:
         total = inputs.shape[0]
         modules = self.modules()
         reset_states(*modules)
+        sequence = self.supports_sequence()
         n_blocks = len(self.blocks)
         out_sum: torch.Tensor | None = None
         loss_total = 0.0
         local_totals = [0.0] * n_blocks
         n_backward = n_updates = 0
-        for index, (t0, t1) in enumerate(schedule.intervals):
-            detach_states(*modules)
-            with_graph = schedule.graph_intervals is None or index in schedule.graph_intervals
-            ctx = contextlib.nullcontext() if with_graph else torch.no_grad()
-            with ctx:
-                per_block: list[list[torch.Tensor]] = [[] for _ in range(n_blocks)]
-                for t in range(t0, t1):
-                    for b, out in enumerate(self.step(inputs[t])):
-                        per_block[b].append(out)
-                windows = [torch.stack(outs) for outs in per_block]
-                losses = [loss_fn(w, targets, total) for w in windows]
-            if with_graph:
-                backward(sum(losses) * schedule.loss_scale)
-                n_backward += 1
-            for b, value in enumerate(losses):
-                local_totals[b] += float(value.detach())
-            loss_total += float(losses[-1].detach())
-            window_sum = windows[-1].detach().sum(0)
-            out_sum = window_sum if out_sum is None else out_sum + window_sum
-            del windows, losses, per_block
-            if schedule.update_per_interval:
-                on_update()
-                n_updates += 1
+        with CompactSaved():
+            for chunk in self._chunks(schedule, sequence):
+                start, stop = schedule.intervals[chunk[0]][0], schedule.intervals[chunk[-1]][1]
+                detach_states(*modules)
+                with_graph = schedule.graph_intervals is None or chunk[0] in schedule.graph_intervals
+                ctx = contextlib.nullcontext() if with_graph else torch.no_grad()
+                with ctx:
+                    windows = self._windows(inputs[start:stop], sequence)
+                    per_interval = []
+                    for index in chunk:
+                        t0, t1 = schedule.intervals[index]
+                        parts = [w[t0 - start:t1 - start] for w in windows] if len(chunk) > 1 else windows
+                        per_interval.append((parts, [loss_fn(w, targets, total) for w in parts]))
+                if with_graph:
+                    backward(sum(per_interval[0][1]) * schedule.loss_scale)
+                    n_backward += 1
+                for parts, losses in per_interval:
+                    for b, value in enumerate(losses):
+                        local_totals[b] += float(value.detach())
+                    loss_total += float(losses[-1].detach())
+                    window_sum = parts[-1].detach().sum(0)
+                    out_sum = window_sum if out_sum is None else out_sum + window_sum
+                    if schedule.update_per_interval:
+                        on_update()
+                        n_updates += 1
+                del windows, per_interval
         if not schedule.update_per_interval:
             on_update()
             n_updates += 1

@@ -1,0 +1,266 @@
+"""Running a model over several time steps at once, layer by layer.
+
+A leanspike model is a sequence of per-step modules, and each module's state depends
+only on its own input history, so a run over steps ``t0 … t1`` may go layer by layer
+instead of step by step: every layer takes all the steps ``[t, B, ...]`` before the next
+one starts. The results are the same (up to float rounding); the work is batched and
+what is saved for backward shrinks:
+
+- convolutions, linear layers, pooling and flattening see ``t·B`` samples in one call;
+- a per-step batch norm normalises each step with that step's statistics in one pass
+  and saves only its input (:class:`~leanspike.layers.StepNorm`);
+- an LIF runs its time loop inside one autograd function that saves ``u`` only
+  (:class:`~leanspike.neuron.LIFSequence`);
+- a convolution fed by the engine's input, followed by a per-step batch norm, saves
+  nothing new: its output is recomputed in backward from the input, which is kept
+  anyway (:class:`InputConvNorm`);
+- poolings, views and flattenings of spikes are marked as recomputable from the
+  spikes (:func:`~leanspike.compact.mark_derived`), so what they hand to the next layer
+  is saved as the spikes' 1-byte form plus the recipe.
+
+:func:`supports_sequence` says whether a module can run this way: an ``nn.Sequential``
+whose children are all of the known kinds, without hooks or patched ``forward``
+(e.g. OTTT's traced layers); anything else keeps the step-by-step path.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .compact import mark_derived
+from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, _StepBatchNorm, step_norm_backward, step_norm_forward
+from .neuron import LIF
+
+_BN_FORWARD = nn.modules.batchnorm._BatchNorm.forward
+
+#: modules that treat every sample on its own: they run on ``[t·B, ...]`` unchanged
+_SAMPLEWISE = {cls.forward for cls in (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, WSConv2d, WSLinear, Scale, nn.Identity,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh,
+    nn.GELU, nn.SiLU)}
+#: parameter-free deterministic modules: their output is recomputed in backward from a marked input
+_PURE = (nn.Identity, nn.Flatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.MaxPool1d, nn.MaxPool2d,
+         nn.MaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+         nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+
+#: the most steps a run without a graph batches at once (bounds its temporary memory)
+NO_GRAD_CHUNK = 8
+
+
+def _plain(m: nn.Module) -> bool:
+    """No hooks and no instance-level ``forward`` (they expect one call per step)."""
+    return not ("forward" in m.__dict__ or m._forward_hooks or m._forward_pre_hooks
+                or m._backward_hooks or m._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as mod
+
+    return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks or mod._global_backward_hooks
+                or getattr(mod, "_global_backward_pre_hooks", None))
+
+
+def _supported_child(m: nn.Module) -> bool:
+    if not _plain(m):
+        return False
+    cls = type(m)
+    if isinstance(m, nn.Sequential):
+        return _supported_sequential(m)
+    if isinstance(m, LIF):
+        return cls.forward is LIF.forward and cls.forward_sequence is LIF.forward_sequence
+    if isinstance(m, _StepBatchNorm):
+        return cls.forward is _BN_FORWARD and cls.forward_sequence is _StepBatchNorm.forward_sequence
+    if isinstance(m, SequenceDropout):
+        return cls.forward is SequenceDropout.forward and cls.forward_sequence is SequenceDropout.forward_sequence
+    if isinstance(m, nn.Flatten) and m.start_dim == 0:
+        return False  # would merge the batch dim
+    return cls.forward in _SAMPLEWISE
+
+
+def _supported_sequential(seq: nn.Sequential) -> bool:
+    children = list(seq._modules.values())
+    if any(c is None for c in children) or len({id(c) for c in children}) != len(children):
+        return False  # a module used twice would see its steps out of order
+    return all(_supported_child(c) for c in children)
+
+
+def supports_sequence(module: nn.Module | None) -> bool:
+    """True when ``module`` can run layer by layer over ``[t, B, ...]`` (see module doc)."""
+    if module is None:
+        return True
+    return isinstance(module, nn.Sequential) and _plain(module) and not _global_hooks() \
+        and _supported_sequential(module)
+
+
+# ------------------------------------------------------------------------------ input conv + BN
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conf: tuple) -> torch.Tensor:
+    """The conv of ``x`` ``[T, B, C, H, W]`` over ``T·B`` samples, computed in channels-last
+    layout (oneDNN pads few input channels to a block otherwise: 2 channels cost like 8 or 16);
+    returned contiguous."""
+    stride, padding, dilation, groups = conf
+    cl = torch.channels_last
+    flat = x.flatten(0, 1).contiguous(memory_format=cl)
+    z = F.conv2d(flat, weight.contiguous(memory_format=cl), bias, stride, padding, dilation, groups)
+    return z.contiguous().unflatten(0, x.shape[:2])
+
+
+class InputConvNorm(torch.autograd.Function):
+    """``StepNorm(conv(x))`` for an input ``x`` that needs no gradient and is kept anyway:
+    saves ``x`` (no new memory) instead of the conv output, which backward recomputes
+    (the same call on the same input: the same values)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, bn_weight, bn_bias, conf: tuple, bn: nn.Module):  # type: ignore[override]
+        out, mean, invstd = step_norm_forward(_conv(x, weight, bias, conf), bn)  # type: ignore[arg-type]
+        ctx.save_for_backward(x, weight, bias, bn_weight, mean, invstd)
+        ctx.conf, ctx.eps, ctx.has_bn_bias = conf, bn.eps, bn_bias is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight, bias, bn_weight, mean, invstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        z = _conv(x, weight, bias, ctx.conf)
+        mask = [need[1] or need[2], bn_weight is not None and need[3], ctx.has_bn_bias and need[4]]
+        grad_z, grad_bw, grad_bb = step_norm_backward(grad, z, bn_weight, mean, invstd, ctx.eps, mask)
+        del z
+        grad_w = grad_b = None
+        if grad_z is not None:
+            stride, padding, dilation, groups = ctx.conf
+            cl = torch.channels_last
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad_z.flatten(0, 1).contiguous(memory_format=cl), x.flatten(0, 1).contiguous(memory_format=cl),
+                weight.contiguous(memory_format=cl), None if bias is None else [weight.shape[0]],
+                list(stride), list(padding), list(dilation), False, [0, 0], groups,
+                [False, need[1], bias is not None and need[2]])
+            grad_w = None if grad_w is None else grad_w.contiguous()
+        return None, grad_w, grad_b, grad_bw, grad_bb, None, None
+
+
+def _input_conv_norm(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``conv`` then ``bn`` on the engine's input ``x`` can use :class:`InputConvNorm`."""
+    bn_: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
+    return (type(conv).forward is nn.Conv2d.forward and conv.padding_mode == "zeros"  # type: ignore[union-attr]
+            and not isinstance(conv.padding, str) and isinstance(bn, _StepBatchNorm)  # type: ignore[union-attr]
+            and (bn_.training or not bn_.track_running_stats) and x.dim() == 5 and not x.requires_grad
+            and torch.is_grad_enabled() and conv.weight.requires_grad)  # type: ignore[union-attr]
+
+
+def input_conv_norm(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``bn.forward_sequence(conv over [t·B])`` through :class:`InputConvNorm`."""
+    bn_: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
+    if conv.out_channels != bn_.num_features:
+        raise ValueError(f"expected {bn_.num_features} channels, got {conv.out_channels} from {conv}")
+    count = x.shape[1] * _spatial(conv, x)  # values per channel and step
+    if bn_.training and count < 2:
+        raise ValueError(f"expected more than 1 value per channel when training, got {count}")
+    conf = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    return InputConvNorm.apply(x, conv.weight, conv.bias, bn_.weight, bn_.bias, conf, bn)
+
+
+def _spatial(conv: nn.Conv2d, x: torch.Tensor) -> int:
+    """Output pixels per channel of ``conv`` on one sample of ``x`` ``[T, B, C, H, W]``."""
+    size = 1
+    for i, n in enumerate(x.shape[3:]):
+        k, s, p, d = conv.kernel_size[i], conv.stride[i], conv.padding[i], conv.dilation[i]  # type: ignore[index]
+        size *= (n + 2 * p - d * (k - 1) - 1) // s + 1
+    return size
+
+
+# ------------------------------------------------------------------------------ pooling
+class _AvgPool2d(torch.autograd.Function):
+    """``avg_pool2d`` whose backward keeps only the input's shape (the kernel needs no values)."""
+
+    @staticmethod
+    def forward(ctx, x, args: tuple):  # type: ignore[override]
+        ctx.args, ctx.shape = args, x.shape
+        return F.avg_pool2d(x, *args)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        kernel, stride, padding, ceil_mode, count_include_pad, divisor = ctx.args
+        shape_only = grad.new_zeros(()).expand(ctx.shape)
+        return torch.ops.aten.avg_pool2d_backward(grad.contiguous(), shape_only, kernel, stride, padding, ceil_mode,
+                                                  count_include_pad, divisor), None
+
+
+def _pair(v) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def _avg_pool2d(m: nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    args = (_pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding),
+            m.ceil_mode, m.count_include_pad, m.divisor_override)
+    if x.dim() == 4 and torch.is_grad_enabled() and x.requires_grad:
+        return _AvgPool2d.apply(x, args)
+    return F.avg_pool2d(x, *args)
+
+
+def _repeat_cells(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Adaptive average pooling to a multiple of the input size: every window is one cell,
+    so each output cell is its input cell (x / 1): a repeat, without the generic kernel."""
+    h, w = x.shape[-2:]
+    rh, rw = size[0] // h, size[1] // w
+    return x[..., :, None, :, None].expand(*x.shape[:-2], h, rh, w, rw).reshape(*x.shape[:-2], size[0], size[1])
+
+
+def _adaptive_size(m: nn.AdaptiveAvgPool2d, x: torch.Tensor) -> tuple[int, int] | None:
+    """The output size when ``m`` only repeats cells of ``x`` (a multiple of its size), else None."""
+    out = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
+    size = tuple(x.shape[-2 + i] if o is None else o for i, o in enumerate(out))
+    h, w = x.shape[-2:]
+    return size if x.dim() == 4 and size[0] % h == 0 and size[1] % w == 0 else None  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------ running
+def _flatten01(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(0, 1)
+
+
+def _samplewise(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    steps, batch = x.shape[:2]
+    flat = mark_derived(x.flatten(0, 1), _flatten01, x)
+    fn = m
+    if type(m) is nn.AvgPool2d:
+        fn = partial(_avg_pool2d, m)
+    elif type(m) is nn.AdaptiveAvgPool2d:
+        size = _adaptive_size(m, flat)
+        if size is not None:
+            fn = partial(_repeat_cells, size=size)
+    out = fn(flat)
+    if isinstance(m, _PURE):
+        mark_derived(out, fn, flat)
+    return mark_derived(out.unflatten(0, (steps, batch)), lambda t: t.unflatten(0, (steps, batch)), out)
+
+
+def run_sequence(seq: nn.Sequential, x: torch.Tensor, kept_input: bool = False) -> torch.Tensor:
+    """``[t, B, ...]`` through ``seq`` layer by layer (``supports_sequence(seq)`` must hold).
+
+    ``kept_input``: ``x`` is the engine's input, kept whatever happens (see :class:`InputConvNorm`).
+    """
+    children = list(seq._modules.values())
+    i = 0
+    while i < len(children):
+        m = children[i]
+        nxt = children[i + 1] if i + 1 < len(children) else None
+        if i == 0 and kept_input and nxt is not None and _input_conv_norm(m, nxt, x):
+            x = input_conv_norm(m, nxt, x)  # type: ignore[arg-type]
+            i += 2
+            continue
+        if isinstance(m, nn.Sequential):
+            x = run_sequence(m, x, kept_input and i == 0)
+        elif isinstance(m, (LIF, _StepBatchNorm, SequenceDropout)):
+            x = m.forward_sequence(x)
+        else:
+            x = _samplewise(m, x)
+        i += 1
+    return x

@@ -1,0 +1,152 @@
+"""The layer-by-layer (multi-step) engine path against the step-by-step one, and what it saves.
+
+Both paths run the same methods on the same network with the same random draws; the
+multi-step path must give the same losses, gradients and batch-norm statistics (float64,
+up to rounding). The saved-bytes test spells out what one step keeps for backward.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from leanspike import BPTT, LIF, SLTT, SLTTK, TBPTT, OTTT, Sigmoid
+from leanspike.engine import Engine, Schedule, infer
+from leanspike.layers import SequenceDropout, StepBatchNorm2d
+from leanspike.measure import SavedTensorMeter
+from leanspike.methods.ottt import online_traces
+from leanspike.multistep import supports_sequence
+
+TOL = dict(atol=1e-10, rtol=1e-10)
+
+
+def make_net(seed=0, dropout=0.3):
+    torch.manual_seed(seed)
+    lif = lambda: LIF(decay=0.5, surrogate=Sigmoid(4.0))  # noqa: E731
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), StepBatchNorm2d(4), lif(), SequenceDropout(dropout),
+                        nn.AvgPool2d(2), nn.Conv2d(4, 6, 3, padding=1), StepBatchNorm2d(6), lif(),
+                        nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
+    with torch.no_grad():
+        net[0].weight.mul_(2.0)
+        net[5].weight.mul_(2.0)
+    return net
+
+
+def data(T=4, B=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(T, B, 2, 8, 8, generator=g) < 0.4).double(), torch.randint(0, 3, (B,), generator=g)
+
+
+def _run(method_factory, sequence, monkeypatch):
+    net = make_net().double()
+    x, y = data()
+    if not sequence:
+        monkeypatch.setattr(Engine, "supports_sequence", lambda self: False)
+    torch.manual_seed(7)  # the dropout masks
+    grads = method_factory().compute_gradients(net, x, y)
+    monkeypatch.undo()
+    stats = [b.detach().clone() for m in net.modules() if isinstance(m, StepBatchNorm2d) for b in m.buffers()]
+    return grads, stats
+
+
+@pytest.mark.parametrize("factory", [BPTT, lambda: TBPTT(3), SLTT,
+                                     lambda: SLTTK(2, generator=torch.Generator().manual_seed(3))],
+                         ids=["bptt", "tbptt3", "sltt", "sltt-k2"])
+def test_layer_by_layer_equals_step_by_step(float64, factory, monkeypatch):
+    g_seq, s_seq = _run(factory, True, monkeypatch)
+    g_step, s_step = _run(factory, False, monkeypatch)
+    assert sum(int(g.abs().sum() > 0) for g in g_seq.values()) == len(g_seq)
+    for name in g_seq:
+        torch.testing.assert_close(g_seq[name], g_step[name], **TOL, msg=lambda m: f"{name}: {m}")
+    for a, b in zip(s_seq, s_step):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_train_step_results_match(float64, monkeypatch):
+    results = []
+    for sequence in (True, False):
+        net = make_net().double()
+        x, y = data(T=6)
+        if not sequence:
+            monkeypatch.setattr(Engine, "supports_sequence", lambda self: False)
+        torch.manual_seed(7)
+        method = SLTTK(2, generator=torch.Generator().manual_seed(0))
+        r = method.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
+        results.append((r, [p.detach().clone() for p in net.parameters()]))
+        monkeypatch.undo()
+    (a, pa), (b, pb) = results
+    assert (a.backward_passes, a.optimizer_steps) == (b.backward_passes, b.optimizer_steps) == (2, 1)
+    assert a.loss == pytest.approx(b.loss, rel=1e-12)
+    torch.testing.assert_close(a.mean_output, b.mean_output, **TOL)
+    for p, q in zip(pa, pb):
+        torch.testing.assert_close(p, q, **TOL)
+
+
+def test_inference_matches_step_by_step(float64):
+    net = make_net().double().eval()
+    x, _ = data(T=11)  # more steps than one no-grad chunk
+    got = infer(net, x)
+    want = sum(net(x[t]) for t in range(11)) / 11
+    torch.testing.assert_close(got, want, **TOL)
+
+
+def test_skipped_steps_run_as_one_chunk():
+    schedule = Schedule([(t, t + 1) for t in range(6)], graph_intervals={2, 3})
+    assert Engine._chunks(schedule, True) == [[0, 1], [2], [3], [4, 5]]
+    assert Engine._chunks(schedule, False) == [[i] for i in range(6)]
+    per_interval = Schedule([(t, t + 1) for t in range(4)], graph_intervals={1}, update_per_interval=True)
+    assert Engine._chunks(per_interval, True) == [[0], [1], [2], [3]]
+
+
+def test_which_models_run_layer_by_layer():
+    from leanspike.models.registry import build_model
+
+    assert supports_sequence(build_model("vgg11", in_channels=2, num_classes=10, input_size=16))
+    net = make_net()
+    assert supports_sequence(net)
+    with online_traces(net):  # OTTT patches forward on the instance
+        assert not supports_sequence(net)
+    assert supports_sequence(net)
+    handle = net[5].register_forward_hook(lambda *a: None)
+    assert not supports_sequence(net)
+    handle.remove()
+
+    class Residual(nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    assert not supports_sequence(nn.Sequential(nn.Linear(2, 2), Residual()))
+    shared = LIF()
+    assert not supports_sequence(nn.Sequential(shared, nn.Linear(2, 2), shared))
+    assert not supports_sequence(nn.Sequential(nn.Flatten(0), nn.Linear(2, 2)))
+
+
+def test_ottt_still_runs_step_by_step(float64):
+    net = make_net(dropout=0.0).double()
+    x, y = data()
+    grads = OTTT().compute_gradients(net, x, y)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def _saved(method, T):
+    net = make_net()
+    x, y = data(T=T)
+    x, net = x.float(), net.float()
+    with SavedTensorMeter(exclude=[net, x]) as meter:
+        method.compute_gradients(net, x, y)
+    return meter.peak_bytes
+
+
+def test_saved_bytes_per_step():
+    """One step keeps: u of both LIFs and the second batch norm's input (floats), per-step
+    mean/invstd of both norms, the dropped-out spikes and the last spikes as bytes. The first
+    conv's output is recomputed from the input; the pooled map, from the dropped-out spikes."""
+    B, c1, c2 = 5, 4 * 8 * 8, 6 * 4 * 4
+    per_step = 4 * (c1 + c2 + c2) * B + 2 * 4 * (4 + 6) + (c1 + c2) * B
+    sltt = [_saved(SLTT(), T) for T in (2, 6)]
+    bptt = [_saved(BPTT(), T) for T in (2, 4, 6)]
+    assert sltt[0] == sltt[1]
+    assert bptt[2] - bptt[1] == bptt[1] - bptt[0]
+    step_with_loss = (bptt[2] - bptt[0]) // 4
+    assert 0 <= step_with_loss - per_step < 200  # the loss keeps a few bytes per step
+    assert sltt[0] == bptt[0] - step_with_loss  # SLTT keeps one step's worth, like one BPTT step
+    assert sltt[0] - step_with_loss - B * c1 < 16  # ... plus the dropout mask as bytes
