@@ -226,7 +226,8 @@ def test_digits_and_factory_contract():
     with pytest.raises(ValueError, match="unknown options \\['bogus'\\]"):
         build_dataset("digits", None, train=True, T=4, bogus=1)
     assert set(DATASET_NAMES) == {"digits", "mnist", "emnist", "fashion-mnist", "cifar10", "cifar100",
-                                  "imagenet", "dvs-gesture", "cifar10-dvs", "n-mnist"}
+                                  "imagenet", "dvs-gesture", "cifar10-dvs", "n-mnist",
+                                  "seq-mnist", "seq-fashion-mnist", "fashion-saccades"}
 
 
 def test_to_time_major():
