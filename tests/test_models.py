@@ -12,7 +12,7 @@ from torch import nn
 
 from leanspike.cli import main
 from leanspike.layers import Scale, SequenceDropout, StepBatchNorm2d, WSConv2d
-from leanspike.methods import BPTT
+from leanspike.methods import BPTT, OTTT, SLTT, SLTTK, TBPTT, TruncatedLocalBPTT
 from leanspike.models import MODELS, build_model, describe_models
 from leanspike.models.nf_resnet import NFBasicBlock
 from leanspike.models.resnet import PreActBlock
@@ -287,16 +287,32 @@ def test_every_spiking_layer_fires_at_init(name, channels, side):
 
 # ------------------------------------------------------------------ one BPTT step each
 class RecordingSGD(torch.optim.SGD):
-    """SGD that keeps a copy of the gradients it applied."""
+    """SGD that keeps the sum of |gradient| it applied over all its steps."""
 
     def step(self, closure=None):
-        self.seen = [None if p.grad is None else p.grad.detach().clone()
-                     for group in self.param_groups for p in group["params"]]
+        grads = [None if p.grad is None else p.grad.detach().abs() for g in self.param_groups for p in g["params"]]
+        old = getattr(self, "seen", [])
+        self.seen = [a if b is None else (b if a is None else a + b)
+                     for a, b in zip(old + [None] * (len(grads) - len(old)), grads)]
         return super().step(closure)
 
 
+METHODS = {
+    "bptt": lambda: BPTT(),
+    "tbptt": lambda: TBPTT(1, update="interval"),
+    "sltt": lambda: SLTT(),
+    "sltt-k": lambda: SLTTK(1, generator=torch.Generator().manual_seed(0)),
+    "ttl-trainable": lambda: TruncatedLocalBPTT(1, 1, classifier="trainable"),
+    "ttl-random": lambda: TruncatedLocalBPTT(1, 1, classifier="random"),
+    "ottt": lambda: OTTT(),
+}
+
+
+@pytest.mark.parametrize("method_name", sorted(METHODS))
 @pytest.mark.parametrize("name", ALL)
-def test_bptt_step_gives_every_parameter_a_finite_gradient(name):
+def test_every_method_steps_every_model(name, method_name):
+    """One training step: every model parameter gets a finite, non-zero gradient; a local
+    method's random classifiers get none and never change."""
     torch.manual_seed(0)
     options = {"width": WIDE[name]} if name in WIDE else {}
     model = build_model(name, in_channels=2, num_classes=3, input_size=28, **options)
@@ -312,19 +328,31 @@ def test_bptt_step_gives_every_parameter_a_finite_gradient(name):
                 m.gain.fill_(3.0)
         if name.startswith("nf_"):
             nn.init.normal_(model[-1].weight, 0, 0.1)
+    method = METHODS[method_name]()
     params = list(model.parameters())
     first = params[0].detach().clone()
     opt = RecordingSGD(params, lr=0.1)
     inputs = torch.randn(2, 4, 2, 28, 28)  # T = 2, B = 4 (B = 2 makes per-step BN on 1×1 maps degenerate)
-    result = BPTT().train_step(model, inputs, torch.tensor([0, 2, 1, 0]), opt)
-    assert math.isfinite(result.loss) and result.optimizer_steps == 1
+    result = method.train_step(model, inputs, torch.tensor([0, 2, 1, 0]), opt)
+    assert math.isfinite(result.loss) and result.predictions.shape == (4,) and result.mean_output.shape == (4, 3)
     names = [n for n, _ in model.named_parameters()]
-    missing = [n for n, g in zip(names, opt.seen) if g is None]
+    seen = opt.seen[:len(names)]  # model parameters first; a local method's classifiers follow
+    missing = [n for n, g in zip(names, seen) if g is None]
     assert not missing, f"no gradient for {missing}"
-    assert all(torch.isfinite(g).all() for g in opt.seen)
-    zero = [n for n, g in zip(names, opt.seen) if not g.any()]
-    assert not zero, f"all-zero gradient for {zero}"
-    assert not torch.equal(first, params[0])  # the optimizer stepped
+    assert all(torch.isfinite(g).all() for g in seen)
+    zero = [n for n, g in zip(names, seen) if not g.any()]
+    if not method_name.startswith("ttl"):
+        # a local block learns only from its own classifier, which may sit silent at init
+        # (no surrogate gradient): zeros are allowed there, missing gradients are not
+        assert not zero, f"all-zero gradient for {zero}"
+        assert not torch.equal(first, params[0])  # the optimizer stepped
+    if method_name.startswith("ttl") and method.heads is not None:
+        heads = [p for h in method.heads for p in h.parameters()]
+        if method_name == "ttl-random":
+            assert all(p.grad is None and not p.requires_grad for p in heads)
+            assert len(opt.seen) == len(names)  # never added to the optimizer
+        else:
+            assert all(g is not None and torch.isfinite(g).all() for g in opt.seen[len(names):])
 
 
 # ------------------------------------------------------------------ CLI
