@@ -150,3 +150,44 @@ def test_saved_bytes_per_step():
     assert 0 <= step_with_loss - per_step < 200  # the loss keeps a few bytes per step
     assert sltt[0] == bptt[0] - step_with_loss  # SLTT keeps one step's worth, like one BPTT step
     assert sltt[0] - step_with_loss - B * c1 < 16  # ... plus the dropout mask as bytes
+
+
+@pytest.mark.parametrize("stride,padding,bias", [(1, 1, True), (1, 0, False), (2, 1, True)])
+def test_conv_kernel_choice_keeps_the_gradients(float64, stride, padding, bias):
+    from leanspike.multistep import WINOGRAD_MIN_ROWS, Conv2dSequence
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3, stride=stride, padding=padding, bias=bias)
+    for batch in (1, WINOGRAD_MIN_ROWS // 100 + 1):  # below and above the Winograd threshold (10×10)
+        size = 10 * stride + 2 - 2 * padding if stride == 1 else 20
+        x = torch.randn(batch, 16, size, size, requires_grad=True)
+        out = Conv2dSequence.apply(x, conv.weight, conv.bias, (stride, stride), (padding, padding))
+        ref = conv(x)
+        torch.testing.assert_close(out, ref, **TOL)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, [x, conv.weight] + ([conv.bias] if bias else []), g)
+        want = torch.autograd.grad(ref, [x, conv.weight] + ([conv.bias] if bias else []), g)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, **TOL)
+
+
+def test_winograd_path_in_float32_agrees_with_the_reference_conv():
+    """Big float32 stride-1 calls take NNPACK's Winograd kernels (when available): same gradients
+    within float32 Winograd rounding, checked against a float64 reference."""
+    from leanspike.multistep import Conv2dSequence, _winograd
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3, padding=1)
+    x = (torch.rand(24, 16, 12, 12) < 0.3).float().requires_grad_(True)
+    out = Conv2dSequence.apply(x, conv.weight, conv.bias, (1, 1), (1, 1))
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, conv.weight, conv.bias], g)
+    ref_conv = nn.Conv2d(16, 8, 3, padding=1).double()
+    ref_conv.load_state_dict(conv.state_dict())
+    xd = x.detach().double().requires_grad_(True)
+    ref = ref_conv(xd)
+    want = torch.autograd.grad(ref, [xd, ref_conv.weight, ref_conv.bias], g.double())
+    for a, b in [(out, ref)] + list(zip(got, want)):
+        scale = b.abs().max()
+        assert (a.double() - b).abs().max() <= 1e-4 * scale
+    assert _winograd(x, conv.weight, (1, 1), (1, 1)) == torch._nnpack_available()
