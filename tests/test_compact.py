@@ -52,15 +52,25 @@ def test_in_place_change_voids_the_mark():
 
 
 def test_derived_tensor_is_stored_as_its_source_and_recomputed():
-    spikes = mark_binary((torch.rand(4, 3, 8, 8) < 0.4).float())
-    pooled = mark_derived(F.avg_pool2d(spikes, 2), lambda t: F.avg_pool2d(t, 2), spikes)
+    spikes = mark_binary((torch.rand(4, 3, 4, 4) < 0.4).float())
+    repeat = lambda t: t.repeat_interleave(2, -1).repeat_interleave(2, -2)  # noqa: E731
+    upsampled = mark_derived(repeat(spikes), repeat, spikes)  # 4× the elements of its source
     w = torch.randn(5, 3, 3, 3, requires_grad=True)
     with SavedTensorMeter(exclude=[w]) as meter, CompactSaved():
-        F.conv2d(pooled, w).sum().backward()
-    assert meter.peak_bytes == spikes.numel()  # the spikes' bits; the pooled floats are not kept
+        F.conv2d(upsampled, w).sum().backward()
+    assert meter.peak_bytes == spikes.numel()  # the spikes' bits; the upsampled floats are not kept
     ref = w.detach().clone().requires_grad_(True)
-    F.conv2d(F.avg_pool2d(spikes, 2), ref).sum().backward()
+    F.conv2d(repeat(spikes), ref).sum().backward()
     assert torch.equal(w.grad, ref.grad)
+
+
+def test_a_small_derived_tensor_is_kept_as_it_is():
+    spikes = mark_binary((torch.rand(4, 3, 8, 8) < 0.4).float())
+    pooled = mark_derived(F.avg_pool2d(spikes, 4), lambda t: F.avg_pool2d(t, 4), spikes)
+    w = torch.randn(5, 3, 1, 1, requires_grad=True)
+    with SavedTensorMeter(exclude=[w]) as meter, CompactSaved():
+        F.conv2d(pooled, w).sum().backward()
+    assert meter.peak_bytes == pooled.numel() * 4 < spikes.numel()  # cheaper than the recipe's bits
 
 
 def test_one_copy_for_a_tensor_saved_many_times():

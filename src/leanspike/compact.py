@@ -126,9 +126,23 @@ class CompactSaved:
 
     def _pack(self, t: torch.Tensor) -> Any:
         mark = _mark(t) if t.dtype.is_floating_point else None
-        if mark is not None and _valid(mark):
+        if mark is not None and _valid(mark) and (mark[0] == "binary" or self._recipe_pays(t, mark)):
             return self._compact(t, mark)
         return t if self._outer is None else _Outer(self._outer[0](t))
+
+    def _recipe_pays(self, t: torch.Tensor, mark: tuple) -> bool:
+        """A recipe costs its root's bits (nothing when they are kept already) and a recomputation;
+        keep ``t`` itself when that is no bigger (e.g. a 2×2 average of spikes: N/4 floats = N bits)."""
+        root = mark[2]
+        while True:
+            root_mark = _mark(root)
+            if root_mark is None or root_mark[0] == "binary":
+                break
+            root = root_mark[2]
+        hit = self._cache.get(id(root))
+        if hit is not None and hit[0]() is root:
+            return True
+        return t.numel() * t.element_size() > root.numel()
 
     def _restore(self, packed: Any) -> torch.Tensor:
         if isinstance(packed, _Recipe):

@@ -52,18 +52,22 @@ def step_norm_forward(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> t
 def step_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor,
                        invstd: torch.Tensor, eps: float, mask: list[bool]):
     """Batch-norm backward of every step (the kernel ``nn.BatchNorm`` uses); weight/bias grads summed."""
+    steps, channels = x.shape[0], x.shape[2]
     grad_x = torch.empty_like(x) if mask[0] else None
-    grad_w = grad_b = None
-    for t in range(x.shape[0]):
+    rows = mean.new_empty((2, steps, channels))
+    for t in range(steps):
+        if all(mask):  # every output wanted: write them in place
+            torch.ops.aten.native_batch_norm_backward.out(
+                grad[t], x[t], weight, None, None, mean[t], invstd[t], True, eps, mask,
+                out0=grad_x[t], out1=rows[0, t], out2=rows[1, t])  # type: ignore[index]
+            continue
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
             grad[t], x[t], weight, None, None, mean[t], invstd[t], True, eps, mask)
-        if grad_x is not None:
-            grad_x[t].copy_(gx)
-        if mask[1]:
-            grad_w = gw if grad_w is None else grad_w.add_(gw)
-        if mask[2]:
-            grad_b = gb if grad_b is None else grad_b.add_(gb)
-    return grad_x, grad_w, grad_b
+        for wanted, src, dst in ((mask[0], gx, grad_x[t] if grad_x is not None else None),
+                                 (mask[1], gw, rows[0, t]), (mask[2], gb, rows[1, t])):
+            if wanted:
+                dst.copy_(src)  # type: ignore[union-attr]
+    return grad_x, rows[0].sum(0) if mask[1] else None, rows[1].sum(0) if mask[2] else None
 
 
 class StepNorm(torch.autograd.Function):
