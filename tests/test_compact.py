@@ -102,3 +102,19 @@ def test_a_view_that_returns_its_input_is_not_its_own_recipe():
     with CompactSaved():
         F.linear(flat, w).sum().backward()
     assert torch.equal(w.grad, spikes.sum(0).expand(3, 5))
+
+
+def test_bits_are_restored_once_the_original_is_gone():
+    torch.manual_seed(0)
+    drop = SequenceDropout(0.3).train()
+    x = torch.rand(16, 40)
+    w = torch.randn(5, 40)
+    ref_w = w.clone().requires_grad_(True)
+    spikes = mark_binary((x < 0.5).float())
+    out = drop(spikes)
+    F.linear(out, ref_w).sum().backward()  # no hooks: the float tensor itself is saved
+    w.requires_grad_(True)
+    with CompactSaved():
+        loss = F.linear(drop(mark_binary((x < 0.5).float())), w).sum()  # the only reference is saved
+        loss.backward()
+    assert torch.equal(w.grad, ref_w.grad)

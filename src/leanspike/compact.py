@@ -76,12 +76,17 @@ def is_marked(t: torch.Tensor) -> bool:
 
 
 class _Bits:
-    """A binary tensor kept as bool; ``payload`` is what the outer hooks made of the bools."""
+    """A binary tensor kept as bool; ``payload`` is what the outer hooks made of the bools.
 
-    __slots__ = ("payload", "scale", "dtype")
+    ``original`` is a weak reference: while the tensor is alive anyway and unchanged (a
+    dropout mask held by its module), backward uses it instead of restoring a copy.
+    """
 
-    def __init__(self, payload: Any, scale: float | torch.Tensor, dtype: torch.dtype) -> None:
-        self.payload, self.scale, self.dtype = payload, scale, dtype
+    __slots__ = ("payload", "scale", "dtype", "original", "version")
+
+    def __init__(self, payload: Any, scale: float | torch.Tensor, t: torch.Tensor) -> None:
+        self.payload, self.scale, self.dtype = payload, scale, t.dtype
+        self.original, self.version = weakref.ref(t), t._version
 
 
 class _Recipe:
@@ -117,7 +122,7 @@ class CompactSaved:
             return hit[2]
         if mark[0] == "binary":
             bits = t.ne(0)
-            packed: Any = _Bits(bits if self._outer is None else self._outer[0](bits), mark[1], t.dtype)
+            packed: Any = _Bits(bits if self._outer is None else self._outer[0](bits), mark[1], t)
         else:
             source = mark[2]
             packed = _Recipe(mark[1], self._compact(source, _mark(source)))  # type: ignore[arg-type]
@@ -147,6 +152,9 @@ class CompactSaved:
     def _restore(self, packed: Any) -> torch.Tensor:
         if isinstance(packed, _Recipe):
             return packed.fn(self._restore(packed.source))
+        original = packed.original()
+        if original is not None and original._version == packed.version:
+            return original
         bits = packed.payload if self._outer is None else self._outer[1](packed.payload)
         scale = packed.scale
         if isinstance(scale, torch.Tensor):
