@@ -408,7 +408,11 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rngs, "loader": self.epoch_start_loader if self.batch else self.loader_gen.get_state(),
+            # mid-epoch: the epoch's start state, so the resumed run redraws the same shuffle and
+            # skips the finished batches; at 0 or after the epoch's last batch: the state now
+            # (iterating the loader draws from it, so a finished epoch must not redraw anything)
+            "rng": rngs, "loader": (self.epoch_start_loader if 0 < self.batch < self._batches_per_epoch()
+                                    else self.loader_gen.get_state()),
             "method_rng": method_rng,
             "metrics": self.rows, "accum": self.accum,
             "peak_saved_bytes": self.peak_saved, "iter_times": self.iter_times[-200:],
@@ -459,8 +463,15 @@ class _Run:
         seen_at_start = self.accum["seen"]
         cuda = self.device.type == "cuda"
         model.train()
-        # islice: a capped epoch (max_batches) loads no batch beyond the cap
-        for b, (x, y) in enumerate(itertools.islice(self.train_loader, max(total - self.batch, 0)), start=self.batch):
+        # islice: a capped epoch (max_batches) loads no batch beyond the cap. Resumed after the
+        # epoch's last batch: load none (even creating the loader's iterator draws from
+        # loader_gen, which the checkpoint saved as it stood after this epoch's draws)
+        if 0 < total <= self.batch:
+            self.batches.skip = 0
+            batches = iter(())
+        else:
+            batches = itertools.islice(self.train_loader, max(total - self.batch, 0))
+        for b, (x, y) in enumerate(batches, start=self.batch):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             inputs = self.data.encode(x, cfg.T)
             if cuda:
