@@ -300,6 +300,17 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def _release_free_memory() -> None:
+    """Hand the allocator's free heap back to the OS (glibc), so that "RSS before" counts live data
+    only and the peak increase measures an iteration's working set, whatever warm-up left cached."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def worker(setup: str, T: int, warmup: int, iterations: int) -> dict:
     from leanspike.measure import SavedTensorMeter, current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
@@ -312,6 +323,7 @@ def worker(setup: str, T: int, warmup: int, iterations: int) -> dict:
     with SavedTensorMeter(exclude=[model, x]) as meter:
         iteration()
     gc.collect()
+    _release_free_memory()
     rss_before = current_rss_bytes()
     rss_reset = reset_peak_rss()
     times = []

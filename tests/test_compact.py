@@ -118,3 +118,18 @@ def test_bits_are_restored_once_the_original_is_gone():
         loss = F.linear(drop(mark_binary((x < 0.5).float())), w).sum()  # the only reference is saved
         loss.backward()
     assert torch.equal(w.grad, ref_w.grad)
+
+
+def test_saving_a_derived_tensor_as_it_is_lets_its_source_go():
+    import weakref
+
+    spikes = mark_binary((torch.rand(4, 3, 8, 8) < 0.4).float())
+    pooled = mark_derived(F.avg_pool2d(spikes, 2), lambda t: F.avg_pool2d(t, 2), spikes)
+    alive = weakref.ref(spikes)
+    w = torch.randn(5, 3, 1, 1, requires_grad=True)
+    with CompactSaved():
+        out = F.conv2d(pooled, w)  # a 2×2 average is kept as floats: its mark must not pin the spikes
+    del spikes
+    assert alive() is None
+    out.sum().backward()
+    assert w.grad is not None

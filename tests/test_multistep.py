@@ -191,3 +191,14 @@ def test_winograd_path_in_float32_agrees_with_the_reference_conv():
         scale = b.abs().max()
         assert (a.double() - b).abs().max() <= 1e-4 * scale
     assert _winograd(x, conv.weight, (1, 1), (1, 1)) == torch._nnpack_available()
+
+
+def test_long_intervals_run_in_parts_with_the_same_gradients(float64, monkeypatch):
+    import leanspike.multistep as ms
+
+    assert ms.chunk_steps(10, 8) == 10 and ms.chunk_steps(100, 8) == 25
+    whole, _ = _run(BPTT, True, monkeypatch)
+    monkeypatch.setattr(ms, "MAX_ROWS", 10)  # 4 steps × 5 samples: parts of 2 steps, state flows between them
+    parts, _ = _run(BPTT, True, monkeypatch)
+    for name in whole:
+        torch.testing.assert_close(whole[name], parts[name], **TOL)

@@ -41,10 +41,31 @@ def mark_binary(t: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Ten
 
 def mark_derived(t: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], source: torch.Tensor) -> torch.Tensor:
     """Declare ``t == fn(source)`` bit for bit, ``fn`` pure; no-op unless ``source`` is marked
-    (or when ``t`` is ``source`` itself: a view op may return its input)."""
-    if t is not source and _mark(source) is not None:
-        setattr(t, _ATTR, ("derived", fn, source, t._version))
+    (or when ``t`` is ``source`` itself: a view op may return its input).
+
+    Chains collapse: the mark holds the binary root and the composed function, so that
+    intermediate views need not stay alive. It holds the root until ``t`` is saved (or
+    dies); saving ``t`` drops the marks of ``t`` and of its view base.
+    """
+    mark = _mark(source)
+    if t is source or mark is None:
+        return t
+    if mark[0] == "derived":
+        fn, source = _Then(mark[1], fn), mark[2]
+    setattr(t, _ATTR, ("derived", fn, source, t._version))
     return t
+
+
+class _Then:
+    """``then(first(x))``: a derived tensor's recipe from its binary root."""
+
+    __slots__ = ("first", "then")
+
+    def __init__(self, first: Callable[[torch.Tensor], torch.Tensor], then: Callable[[torch.Tensor], torch.Tensor]):
+        self.first, self.then = first, then
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.then(self.first(x))
 
 
 def _mark(t: torch.Tensor) -> tuple | None:
@@ -54,25 +75,22 @@ def _mark(t: torch.Tensor) -> tuple | None:
     return mark
 
 
-def _valid(mark: tuple) -> bool:
-    """A binary mark, or a derived one whose chain of sources is still intact."""
-    for _ in range(64):  # a chain of views and poolings; never a cycle (see mark_derived)
-        if mark[0] != "derived":
-            return True
-        mark = _mark(mark[2])  # type: ignore[assignment]
-        if mark is None:
-            return False
-    return False
+def _root_mark(mark: tuple) -> tuple | None:
+    """The binary mark a (derived or binary) mark rests on, if still valid."""
+    return mark if mark[0] == "binary" else _mark(mark[2])
+
+
+def _release(t: torch.Tensor) -> None:
+    """Drop the derived marks of ``t`` and its view base: they hold their root alive."""
+    for x in (t, t._base):
+        if x is not None and getattr(x, _ATTR, ("",))[0] == "derived":
+            delattr(x, _ATTR)
 
 
 def binary_scale(t: torch.Tensor) -> float | torch.Tensor | None:
     """The scale ``t`` was marked binary with, or None when it is not (or no longer) so marked."""
     mark = _mark(t)
     return mark[1] if mark is not None and mark[0] == "binary" else None
-
-
-def is_marked(t: torch.Tensor) -> bool:
-    return _mark(t) is not None
 
 
 class _Bits:
@@ -115,39 +133,40 @@ class CompactSaved:
         self._outer: tuple | None = None
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
-    def _compact(self, t: torch.Tensor, mark: tuple) -> Any:
+    def _cached(self, t: torch.Tensor) -> Any:
+        hit = self._cache.get(id(t))
+        return hit[2] if hit is not None and hit[0]() is t and hit[1] == t._version else None
+
+    def _remember(self, t: torch.Tensor, packed: Any) -> Any:
         key = id(t)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0]() is t and hit[1] == t._version:
-            return hit[2]
-        if mark[0] == "binary":
-            bits = t.ne(0)
-            packed: Any = _Bits(bits if self._outer is None else self._outer[0](bits), mark[1], t)
-        else:
-            source = mark[2]
-            packed = _Recipe(mark[1], self._compact(source, _mark(source)))  # type: ignore[arg-type]
         self._cache[key] = (weakref.ref(t, lambda _, k=key: self._cache.pop(k, None)), t._version, packed)
         return packed
 
+    def _bits(self, t: torch.Tensor, mark: tuple) -> Any:
+        packed = self._cached(t)
+        if packed is None:
+            bits = t.ne(0)
+            packed = self._remember(t, _Bits(bits if self._outer is None else self._outer[0](bits), mark[1], t))
+        return packed
+
     def _pack(self, t: torch.Tensor) -> Any:
+        packed = self._cached(t)
+        if packed is not None:
+            return packed
         mark = _mark(t) if t.dtype.is_floating_point else None
-        if mark is not None and _valid(mark) and (mark[0] == "binary" or self._recipe_pays(t, mark)):
-            return self._compact(t, mark)
+        if mark is not None:
+            root = _root_mark(mark)
+            if mark[0] == "binary":
+                return self._bits(t, mark)
+            _release(t)
+            if root is not None and self._recipe_pays(t, mark[2]):
+                return self._remember(t, _Recipe(mark[1], self._bits(mark[2], root)))
         return t if self._outer is None else _Outer(self._outer[0](t))
 
-    def _recipe_pays(self, t: torch.Tensor, mark: tuple) -> bool:
+    def _recipe_pays(self, t: torch.Tensor, root: torch.Tensor) -> bool:
         """A recipe costs its root's bits (nothing when they are kept already) and a recomputation;
         keep ``t`` itself when that is no bigger (e.g. a 2×2 average of spikes: N/4 floats = N bits)."""
-        root = mark[2]
-        while True:
-            root_mark = _mark(root)
-            if root_mark is None or root_mark[0] == "binary":
-                break
-            root = root_mark[2]
-        hit = self._cache.get(id(root))
-        if hit is not None and hit[0]() is root:
-            return True
-        return t.numel() * t.element_size() > root.numel()
+        return self._cached(root) is not None or t.numel() * t.element_size() > root.numel()
 
     def _restore(self, packed: Any) -> torch.Tensor:
         if isinstance(packed, _Recipe):

@@ -27,7 +27,7 @@ from torch import nn
 
 from .compact import CompactSaved, mark_derived
 from .losses import WindowLoss
-from .multistep import NO_GRAD_CHUNK, run_sequence, supports_sequence
+from .multistep import NO_GRAD_CHUNK, chunk_steps, run_sequence, supports_sequence
 from .state import detach_states, reset_states
 
 
@@ -127,7 +127,11 @@ class Engine:
 
     def _windows(self, inputs: torch.Tensor, sequence: bool) -> list[torch.Tensor]:
         if sequence:
-            return self.sequence(inputs)
+            steps = chunk_steps(inputs.shape[0], inputs.shape[1])
+            if steps >= inputs.shape[0]:
+                return self.sequence(inputs)
+            parts = [self.sequence(inputs[t0:t0 + steps]) for t0 in range(0, inputs.shape[0], steps)]
+            return [torch.cat(outs) for outs in zip(*parts)]  # state (and gradient) flows across parts
         per_block: list[list[torch.Tensor]] = [[] for _ in self.blocks]
         for t in range(inputs.shape[0]):
             for b, out in enumerate(self.step(inputs[t])):

@@ -15,6 +15,7 @@ leanspike model. Where a future multi-step engine could process a whole sequence
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,15 +29,18 @@ from .state import Stateful
 # --------------------------------------------------------------------------------------
 # Per-step batch norm
 # --------------------------------------------------------------------------------------
-def step_norm_forward(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, ...]:
+def step_norm_forward(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm,
+                      step: Callable[[int], torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
     """Normalise each step of ``x`` ``[T, B, C, ...]`` with its own batch statistics, exactly as T
     calls of ``bn`` in training would (the same kernel, the same running-statistics updates).
 
+    ``step(t)``, when given, produces step t's input on demand (``x`` then only gives the
+    shape, dtype and device), so that only one step of it exists at a time.
     Returns the output and the per-step ``mean`` and ``1/sqrt(var + eps)`` (``[T, C]``).
     """
     steps, channels = x.shape[0], x.shape[2]
-    out = torch.empty_like(x)
-    stats = x.new_empty((2, steps, channels), dtype=bn.weight.dtype if bn.weight is not None else x.dtype)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    stats = out.new_empty((2, steps, channels), dtype=bn.weight.dtype if bn.weight is not None else x.dtype)
     track = bn.training and bn.track_running_stats
     for t in range(steps):
         factor = 0.0 if bn.momentum is None else bn.momentum
@@ -44,8 +48,9 @@ def step_norm_forward(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> t
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         running = (bn.running_mean, bn.running_var) if track else (None, None)
-        torch.ops.aten.native_batch_norm.out(x[t], bn.weight, bn.bias, *running, True, factor, bn.eps,
-                                            out=out[t], save_mean=stats[0, t], save_invstd=stats[1, t])
+        torch.ops.aten.native_batch_norm.out(x[t] if step is None else step(t), bn.weight, bn.bias, *running, True,
+                                            factor, bn.eps, out=out[t], save_mean=stats[0, t],
+                                            save_invstd=stats[1, t])
     return out, stats[0], stats[1]
 
 

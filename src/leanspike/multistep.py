@@ -52,6 +52,17 @@ _PURE = (nn.Identity, nn.Flatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.M
 
 #: the most steps a run without a graph batches at once (bounds its temporary memory)
 NO_GRAD_CHUNK = 8
+#: samples (steps × batch) one layer call takes at most: beyond it kernels gain little while
+#: every layer's temporaries grow with it (VGG-11, batch 8: cutting T = 10 into 2×5 steps
+#: was slower and saved no peak memory, so the cap only matters for long sequences)
+MAX_ROWS = 256
+
+
+def chunk_steps(steps: int, batch: int) -> int:
+    """Steps per layer-by-layer part when an interval of ``steps`` is cut into balanced parts
+    of at most :data:`MAX_ROWS` samples (at least one step each)."""
+    parts = max(1, -(-steps * batch // MAX_ROWS))
+    return max(1, -(-steps // parts))
 
 
 def _plain(m: nn.Module) -> bool:
@@ -100,25 +111,31 @@ def supports_sequence(module: nn.Module | None) -> bool:
 
 
 # ------------------------------------------------------------------------------ input conv + BN
-def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conf: tuple) -> torch.Tensor:
-    """The conv of ``x`` ``[T, B, C, H, W]`` over ``T·B`` samples, computed in channels-last
-    layout (oneDNN pads few input channels to a block otherwise: 2 channels cost like 8 or 16);
-    returned contiguous."""
+def _conv_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conf: tuple) -> torch.Tensor:
+    """The conv of one step ``x`` ``[B, C, H, W]``, computed in channels-last layout (oneDNN pads
+    few input channels to a block otherwise: 2 channels cost like 8 or 16); returned contiguous."""
     stride, padding, dilation, groups = conf
     cl = torch.channels_last
-    flat = x.flatten(0, 1).contiguous(memory_format=cl)
-    z = F.conv2d(flat, weight.contiguous(memory_format=cl), bias, stride, padding, dilation, groups)
-    return z.contiguous().unflatten(0, x.shape[:2])
+    z = F.conv2d(x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl), bias, stride, padding,
+                 dilation, groups)
+    return z.contiguous()
 
 
 class InputConvNorm(torch.autograd.Function):
     """``StepNorm(conv(x))`` for an input ``x`` that needs no gradient and is kept anyway:
     saves ``x`` (no new memory) instead of the conv output, which backward recomputes
-    (the same call on the same input: the same values)."""
+    (the same call on the same input: the same values). Runs step by step, so that one
+    step of the conv output exists at a time."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, bn_weight, bn_bias, conf: tuple, bn: nn.Module):  # type: ignore[override]
-        out, mean, invstd = step_norm_forward(_conv(x, weight, bias, conf), bn)  # type: ignore[arg-type]
+        k = weight.shape[2:]
+        shape = [x.shape[0], x.shape[1], weight.shape[0]]
+        for i in range(2):
+            stride, padding, dilation = conf[0][i], conf[1][i], conf[2][i]
+            shape.append((x.shape[3 + i] + 2 * padding - dilation * (k[i] - 1) - 1) // stride + 1)
+        like = x.new_zeros(()).expand(shape)  # shape only
+        out, mean, invstd = step_norm_forward(like, bn, lambda t: _conv_step(x[t], weight, bias, conf))  # type: ignore[arg-type]
         ctx.save_for_backward(x, weight, bias, bn_weight, mean, invstd)
         ctx.conf, ctx.eps, ctx.has_bn_bias = conf, bn.eps, bn_bias is not None
         return out
@@ -128,21 +145,32 @@ class InputConvNorm(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         x, weight, bias, bn_weight, mean, invstd = ctx.saved_tensors
         need = ctx.needs_input_grad
-        z = _conv(x, weight, bias, ctx.conf)
+        stride, padding, dilation, groups = ctx.conf
+        cl = torch.channels_last
         mask = [need[1] or need[2], bn_weight is not None and need[3], ctx.has_bn_bias and need[4]]
-        grad_z, grad_bw, grad_bb = step_norm_backward(grad, z, bn_weight, mean, invstd, ctx.eps, mask)
-        del z
-        grad_w = grad_b = None
-        if grad_z is not None:
-            stride, padding, dilation, groups = ctx.conf
-            cl = torch.channels_last
-            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad_z.flatten(0, 1).contiguous(memory_format=cl), x.flatten(0, 1).contiguous(memory_format=cl),
-                weight.contiguous(memory_format=cl), None if bias is None else [weight.shape[0]],
-                list(stride), list(padding), list(dilation), False, [0, 0], groups,
-                [False, need[1], bias is not None and need[2]])
-            grad_w = None if grad_w is None else grad_w.contiguous()
-        return None, grad_w, grad_b, grad_bw, grad_bb, None, None
+        conv_mask = [False, need[1], bias is not None and need[2]]
+        rows = mean.new_empty((2, x.shape[0], mean.shape[1]))
+        grads = [None, None]
+        for t in range(x.shape[0]):
+            z = _conv_step(x[t], weight, bias, ctx.conf)
+            gz, gw, gb = torch.ops.aten.native_batch_norm_backward(
+                grad[t], z, bn_weight, None, None, mean[t], invstd[t], True, ctx.eps, mask)
+            del z
+            if mask[1]:
+                rows[0, t].copy_(gw)
+            if mask[2]:
+                rows[1, t].copy_(gb)
+            if any(conv_mask):
+                _, cw, cb = torch.ops.aten.convolution_backward(
+                    gz.contiguous(memory_format=cl), x[t].contiguous(memory_format=cl),
+                    weight.contiguous(memory_format=cl), None if bias is None else [weight.shape[0]],
+                    list(stride), list(padding), list(dilation), False, [0, 0], groups, conv_mask)
+                for i, g in enumerate((cw, cb)):
+                    if g is not None:
+                        grads[i] = g if grads[i] is None else grads[i].add_(g)  # type: ignore[union-attr]
+        grad_w = None if grads[0] is None else grads[0].contiguous()
+        return (None, grad_w, grads[1], rows[0].sum(0) if mask[1] else None, rows[1].sum(0) if mask[2] else None,
+                None, None)
 
 
 def _input_conv_norm(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> bool:
