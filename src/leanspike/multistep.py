@@ -211,6 +211,9 @@ def _spatial(conv: nn.Conv2d, x: torch.Tensor) -> int:
 #: (relative error ≈ 1e-5 instead of 1e-6 in float32).
 WINOGRAD_MIN_ROWS = 1728
 WINOGRAD_MIN_PIXELS = 36
+#: ... and only for batches of at least this many samples (like PyTorch's own NNPACK rule):
+#: with 2 threads, per-step calls of a batch of 8 (SLTT) ran slower through NNPACK's thread pool
+WINOGRAD_MIN_BATCH = 16
 
 
 def _winograd(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> bool:
@@ -219,10 +222,13 @@ def _winograd(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tup
     out = [x.shape[2 + i] + 2 * padding[i] - k[i] + 1 for i in range(2)]
     return (_NNPACK and stride == (1, 1) and x.dtype == torch.float32 and max(k) < 17
             and all(p <= kk - 1 for p, kk in zip(padding, k)) and out[0] * out[1] >= WINOGRAD_MIN_PIXELS
-            and x.shape[0] * out[0] * out[1] >= WINOGRAD_MIN_ROWS)
+            and x.shape[0] >= WINOGRAD_MIN_BATCH and x.shape[0] * out[0] * out[1] >= WINOGRAD_MIN_ROWS)
 
 
 _NNPACK = torch._nnpack_available()
+#: in_channels·kh·kw below which oneDNN runs much faster in channels-last layout (it pads few
+#: input channels to a whole block in the default layout): the first layer on 2-channel events
+SHALLOW_DEPTH = 64
 
 
 class Conv2dSequence(torch.autograd.Function):
@@ -233,7 +239,9 @@ class Conv2dSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride: tuple, padding: tuple):  # type: ignore[override]
-        if _winograd(x, weight, stride, padding):
+        if weight[0].numel() < SHALLOW_DEPTH:  # few input channels (the first layer): channels-last
+            out = _conv_step(x, weight, bias, (stride, padding, (1, 1), 1))
+        elif _winograd(x, weight, stride, padding):
             out = torch.ops.aten._nnpack_spatial_convolution(x, weight, bias, list(padding), list(stride))
         else:
             out = F.conv2d(x, weight, bias, stride, padding)
