@@ -12,8 +12,6 @@ and block) must all-reduce once per optimizer step, not once per backward.
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -48,10 +46,10 @@ def _train(method, model, x, y, steps=2):
     return results
 
 
-def _worker(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, world: int, folder: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no free-port race with other jobs on the machine
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     calls = {"all_reduce": 0}
     real = dist.all_reduce
 
@@ -96,14 +94,8 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     x, y = _batch()
     results = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in range(2)]
     for name, make in _methods().items():
