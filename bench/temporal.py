@@ -7,7 +7,7 @@
 Tasks (docs/temporal_tasks.md): ``rows`` = sequential Fashion-MNIST, one 28-pixel row per
 step (T = 28), spiking MLP 28→128→128→10; ``saccades`` = Fashion-MNIST converted into
 simulated saccade event streams (``python -m leanspike.data.saccades``), 8 count frames of
-2×34×34, small spiking CNN (2×2 average pool → conv 8 → pool → conv 16 → pool → linear). Every result is one JSON line in
+2×34×34 (``saccades28``: the same streams in 28 frames), small spiking CNN (2×2 average pool → conv 8 → pool → conv 16 → pool → linear). Every result is one JSON line in
 docs/results/temporal_runs.jsonl keyed by its configuration; finished keys are skipped, so
 an interrupted run continues where it stopped.
 """
@@ -85,7 +85,7 @@ def rows_task(n_train: int, n_test: int) -> Task:
                 lambda tau: kaiming(spiking_mlp(28, 10, hidden=(128, 128), neuron=partial(LIF, tau=tau))))
 
 
-def saccades_task(n_train: int, n_test: int, T: int = 8) -> Task:
+def saccades_task(n_train: int, n_test: int, T: int = 8, name: str = "saccades") -> Task:
     from leanspike.data import build_dataset
     from leanspike.models.small import spiking_cnn
 
@@ -102,10 +102,11 @@ def saccades_task(n_train: int, n_test: int, T: int = 8) -> Task:
         cnn = kaiming(spiking_cnn(2, 10, 17, widths=(8, 16), neuron=partial(LIF, tau=tau)))
         return nn.Sequential(nn.AvgPool2d(2), *cnn)
 
-    return Task("saccades", T, xtr, ytr, xte, yte, 1.0, model)
+    return Task(name, T, xtr, ytr, xte, yte, 1.0, model)
 
 
-TASKS = {"rows": rows_task, "saccades": saccades_task}
+TASKS = {"rows": rows_task, "saccades": saccades_task,
+         "saccades28": partial(saccades_task, T=28, name="saccades28")}
 
 
 # ------------------------------------------------------------------------------------ methods
@@ -289,7 +290,7 @@ def cmd_run(args) -> int:
             if phase == "main":
                 jobs = [(m, MAIN_TAU, s) for s in range(args.seeds) for m in METHODS]
             elif phase == "other":
-                jobs = [(m, tau, 0) for tau in TAUS if tau != MAIN_TAU for m in METHODS]
+                jobs = [(m, tau, s) for s in range(args.seeds) for tau in TAUS if tau != MAIN_TAU for m in METHODS]
             elif phase == "scaleK":
                 jobs = [("sltt-k-scaleK", MAIN_TAU, s) for s in range(args.seeds)]
             elif phase == "custom":

@@ -16,7 +16,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 RUNS = RESULTS / "temporal_runs.jsonl"
 ORDER = ("bptt", "tbptt-T/4", "tbptt-1", "sltt", "sltt-k", "sltt-k-scaleK", "ttl", "ottt")
 TASK_TITLES = {"rows": "Sequential Fashion-MNIST, rows (T = 28, spiking MLP 28-128-128-10)",
-               "saccades": "Fashion-MNIST saccade events, 8 count frames (T = 8, small spiking CNN)"}
+               "saccades": "Fashion-MNIST saccade events, 8 count frames (T = 8, small spiking CNN)",
+               "saccades28": "Fashion-MNIST saccade events, 28 count frames (T = 28, small spiking CNN)"}
 
 
 def load() -> list[dict]:

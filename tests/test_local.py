@@ -15,6 +15,7 @@ from torch import nn
 from leanspike import BPTT, LIF, RateMSE, TruncatedLocalBPTT, spiking_depth
 from leanspike.blocks import split_blocks, unit_groups
 from leanspike.losses import WindowLoss
+from leanspike.measure import SavedTensorMeter
 from leanspike.surrogate import Rectangle
 
 TOL = dict(atol=1e-10, rtol=1e-10)
@@ -250,7 +251,7 @@ def test_train_step_updates_per_interval_like_algorithm_1(float64, classifier):
     start, heads = _pairs(net), _head_pairs(method)
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     result = method.train_step(net, x, y, opt)
-    assert result.optimizer_steps == 3 and result.backward_passes == 3
+    assert result.optimizer_steps == 3 and result.backward_passes == 3 * 2  # one per block and interval
     head_lr = lr if classifier == "trainable" else 0.0
     _, layers, cls = reference(start, heads, x, y, 2, 1, lr=lr, head_lr=head_lr)
     for (W, b), got in zip(layers, [m for m in net if isinstance(m, nn.Linear)]):
@@ -306,18 +307,46 @@ def test_no_gradient_crosses_an_interval_boundary(float64, n):
     engine, schedule = method.engine(net, x), method.schedule(7)
     seen = []
 
-    def backward(loss):
-        (gx,) = torch.autograd.grad(loss, x, retain_graph=True)
-        seen.append(gx)
+    def backward(loss):  # once per block and interval, blocks in order
+        (gx,) = torch.autograd.grad(loss, x, retain_graph=True, allow_unused=True)
+        seen.append(torch.zeros_like(x) if gx is None else gx)
         loss.backward()
 
     engine.run(x, y, method.loss, schedule, lambda: None, backward)
+    blocks = len(engine.blocks)
     assert schedule.intervals == [(0, 3), (3, 6), (6, 7)]
-    assert len(seen) == 3
-    for (t0, t1), gx in zip(schedule.intervals, seen):
-        assert torch.count_nonzero(gx[:t0]) == 0 and torch.count_nonzero(gx[t1:]) == 0
+    assert blocks == 3 - n and len(seen) == 3 * blocks
+    for i, (t0, t1) in enumerate(schedule.intervals):
+        first, *later = seen[i * blocks:(i + 1) * blocks]
+        assert all(torch.count_nonzero(g) == 0 for g in later)  # later blocks see a detached input
+        assert torch.count_nonzero(first[:t0]) == 0 and torch.count_nonzero(first[t1:]) == 0
     # gradients do flow inside an interval, back to its first step, so the zeros above are the cut
-    assert torch.count_nonzero(seen[1][3]) > 0 and torch.count_nonzero(seen[0][0]) > 0
+    assert torch.count_nonzero(seen[blocks][3]) > 0 and torch.count_nonzero(seen[0][0]) > 0
+
+
+def test_blocks_run_and_free_their_graphs_one_by_one(float64):
+    """Each block runs over the interval and calls backward before the next block runs, so
+    the peak of bytes saved for backward is the largest block's graph, not all blocks'."""
+    net = make_mlp()
+    x, y = data(T=6)
+
+    def measure(method):
+        engine, schedule = method.engine(net, x), method.schedule(6)
+        heads = [h for h in engine.heads if h is not None]
+        at_backward = []
+        with SavedTensorMeter(exclude=[net, *heads, x]) as meter:
+            def backward(loss):
+                at_backward.append(meter.current_bytes)
+                loss.backward()
+            engine.run(x, y, method.loss, schedule, lambda: None, backward)
+        return meter.peak_bytes, at_backward
+
+    local, at_backward = measure(TruncatedLocalBPTT(6, 1))  # two blocks, one interval
+    whole, _ = measure(TruncatedLocalBPTT(6, 2))  # one block: the same net without classifiers
+    assert len(at_backward) == 2 and all(b > 0 for b in at_backward)
+    assert local == max(at_backward)  # nothing of block 0 is alive when block 1 runs
+    # all at once, the local net would hold more than the whole net (block 0 adds a classifier)
+    assert local < whole < sum(at_backward)
 
 
 def test_random_classifiers_never_change(float64):
@@ -350,7 +379,8 @@ def test_optimizer_steps_per_batch(float64, T, k):
     opt.step = lambda *a, **kw: (calls.append(1), original(*a, **kw))[1]
     method = TruncatedLocalBPTT(k, 1)
     result = method.train_step(net, x, y, opt)
-    assert result.optimizer_steps == len(calls) == math.ceil(T / k) == result.backward_passes
+    assert result.optimizer_steps == len(calls) == math.ceil(T / k)
+    assert result.backward_passes == math.ceil(T / k) * 2  # one per block and interval
     assert len(result.local_losses) == 2
     method.train_step(net, x, y, opt)
     assert len(calls) == 2 * math.ceil(T / k)

@@ -486,8 +486,9 @@ def memory_footprint(profile: ModelProfile, setting: CostSetting, blocks: list[B
 
     ``paper``: Eq. (9) for one block, Eq. (10) for local blocks:
     (k−1)·MC(CG) + MC_local(CG) + N(w) + N(grads), with MC_local the largest block's step.
-    ``engine``: what leanspike's engine keeps: every block runs the whole interval before
-    one backward, so k·(MC(CG) + local classifiers' steps) + N(w) + N(grads).
+    ``engine``: what leanspike's engine keeps: one block at a time runs the whole interval
+    and goes back through it before the next block starts, so k·(the largest block's step
+    with its classifier) + N(w) + N(grads).
     """
     size = profile.itemsize
     b = setting.batch
@@ -509,7 +510,7 @@ def memory_footprint(profile: ModelProfile, setting: CostSetting, blocks: list[B
     fixed = 2 * weights * size  # N(w) + N(grads): one gradient buffer, not one per step
     paper = (k * step if len(blocks) == 1 else (k - 1) * step + max(block_graph)) + fixed
     return {"weights": weights * size, "grads": weights * size, "graph_step": step,
-            "graph_sequence": sequence, "engine": k * step + sequence + fixed, "paper": paper + sequence}
+            "graph_sequence": sequence, "engine": k * max(block_graph) + sequence + fixed, "paper": paper + sequence}
 
 
 def analyze(profile: ModelProfile, setting: CostSetting, gradient_adds: str = "paper",

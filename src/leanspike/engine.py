@@ -6,9 +6,11 @@ graph at all, whether the optimizer steps after every interval or once per batch
 how the network is split into gradient-isolated blocks (each with a head that turns its
 output into a local prediction; the last block's head is the network's own output).
 
-Per interval, the engine: detaches all state, runs the interval's steps (with or
-without a graph), sums each block's window loss, calls backward once, and, when the
-schedule says so, steps the optimizer.
+Per interval, the engine detaches all state and then, block by block, runs the block
+over the interval's steps (with or without a graph), scores its head's window with the
+loss and calls backward on it, which frees that block's graph before the next block
+runs on the detached output; when the schedule says so, it then steps the optimizer.
+One block (every non-local method) means one backward per interval.
 
 When every block and head supports it (:func:`~leanspike.multistep.supports_sequence`),
 an interval runs layer by layer over all its steps (:mod:`leanspike.multistep`), and
@@ -101,42 +103,36 @@ class Engine:
     def modules(self) -> list[nn.Module]:
         return [m for m in (*self.blocks, *self.heads) if m is not None]
 
-    def step(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """One time step through every block; a block's input is detached from the last."""
-        outs = []
-        for i, (block, head) in enumerate(zip(self.blocks, self.heads)):
-            if i > 0:
-                x = x.detach()
-            x = block(x)
-            outs.append(x if head is None else head(x))
-        return outs
-
     def supports_sequence(self) -> bool:
         """True when every block and head can run layer by layer over several steps."""
         return all(supports_sequence(m) for m in (*self.blocks, *self.heads))
 
-    def sequence(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Steps ``[t, B, ...]`` through every block, layer by layer: ``[t, B, ...]`` per block."""
-        outs = []
-        for i, (block, head) in enumerate(zip(self.blocks, self.heads)):
-            if i > 0:
-                x = mark_derived(x.detach(), _same, x)
-            x = run_sequence(block, x, kept_input=i == 0)
-            outs.append(x if head is None else run_sequence(head, x))
-        return outs
+    @staticmethod
+    def _parts(inputs: torch.Tensor, sequence: bool) -> list[torch.Tensor]:
+        """The pieces an interval's input is fed in: single steps ``[B, ...]``, or
+        ``[t, B, ...]`` parts of at most :data:`~leanspike.multistep.MAX_ROWS` samples."""
+        if not sequence:
+            return list(inputs.unbind(0))
+        steps = chunk_steps(inputs.shape[0], inputs.shape[1])
+        return [inputs[t0:t0 + steps] for t0 in range(0, inputs.shape[0], steps)]
 
-    def _windows(self, inputs: torch.Tensor, sequence: bool) -> list[torch.Tensor]:
+    def _block(self, b: int, parts: list[torch.Tensor], sequence: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Block ``b`` over every piece in order (its state carries from one to the next):
+        the block's outputs per piece, and its head's output over the interval ``[t, B, C]``."""
+        block, head = self.blocks[b], self.heads[b]
         if sequence:
-            steps = chunk_steps(inputs.shape[0], inputs.shape[1])
-            if steps >= inputs.shape[0]:
-                return self.sequence(inputs)
-            parts = [self.sequence(inputs[t0:t0 + steps]) for t0 in range(0, inputs.shape[0], steps)]
-            return [torch.cat(outs) for outs in zip(*parts)]  # state (and gradient) flows across parts
-        per_block: list[list[torch.Tensor]] = [[] for _ in self.blocks]
-        for t in range(inputs.shape[0]):
-            for b, out in enumerate(self.step(inputs[t])):
-                per_block[b].append(out)
-        return [torch.stack(outs) for outs in per_block]
+            outs = [run_sequence(block, x, kept_input=b == 0) for x in parts]
+            scored = outs if head is None else [run_sequence(head, x) for x in outs]
+            return outs, scored[0] if len(scored) == 1 else torch.cat(scored)
+        outs = [block(x) for x in parts]
+        scored = outs if head is None else [head(x) for x in outs]
+        return outs, torch.stack(scored)
+
+    @staticmethod
+    def _detached(outs: list[torch.Tensor], sequence: bool) -> list[torch.Tensor]:
+        """A block's outputs as the next block's inputs: no gradient crosses a block boundary
+        (binary marks survive, so the next block still saves them compactly)."""
+        return [mark_derived(x.detach(), _same, x) if sequence else x.detach() for x in outs]
 
     @staticmethod
     def _chunks(schedule: Schedule, sequence: bool) -> list[list[int]]:
@@ -179,26 +175,34 @@ class Engine:
                 detach_states(*modules)
                 with_graph = schedule.graph_intervals is None or chunk[0] in schedule.graph_intervals
                 ctx = contextlib.nullcontext() if with_graph else torch.no_grad()
-                with ctx:
-                    windows = self._windows(inputs[start:stop], sequence)
-                    per_interval = []
-                    for index in chunk:
-                        t0, t1 = schedule.intervals[index]
-                        parts = [w[t0 - start:t1 - start] for w in windows] if len(chunk) > 1 else windows
-                        per_interval.append((parts, [loss_fn(w, targets, total) for w in parts]))
-                if with_graph:
-                    backward(sum(per_interval[0][1]) * schedule.loss_scale)
-                    n_backward += 1
-                for parts, losses in per_interval:
-                    for b, value in enumerate(losses):
-                        local_totals[b] += float(value.detach())
-                    loss_total += float(losses[-1].detach())
-                    window_sum = parts[-1].detach().sum(0)
-                    out_sum = window_sum if out_sum is None else out_sum + window_sum
-                    if schedule.update_per_interval:
+                parts = self._parts(inputs[start:stop], sequence)
+                # block by block: a block's graph is freed by its own backward before the next
+                # block runs, so local blocks lower the peak (block-major order changes no value:
+                # a block's state and RNG draws depend only on its own earlier steps)
+                for b in range(n_blocks):
+                    with ctx:
+                        outs, window = self._block(b, parts, sequence)
+                        spans = [schedule.intervals[index] for index in chunk]
+                        windows = [window[t0 - start:t1 - start] for t0, t1 in spans] if len(chunk) > 1 else [window]
+                        losses = [loss_fn(w, targets, total) for w in windows]
+                    # a graph is built only for single-interval chunks; a block with nothing
+                    # to train (frozen, or a loss that ignores it) has no graph to go back through
+                    if with_graph and losses[0].requires_grad:
+                        backward(losses[0] * schedule.loss_scale)
+                        n_backward += 1
+                    local_totals[b] += sum(float(value.detach()) for value in losses)
+                    if b == n_blocks - 1:
+                        loss_total += sum(float(value.detach()) for value in losses)
+                        window_sum = window.detach().sum(0)
+                        out_sum = window_sum if out_sum is None else out_sum + window_sum
+                    else:
+                        parts = self._detached(outs, sequence)
+                    del outs, window, windows, losses
+                del parts
+                if schedule.update_per_interval:
+                    for _ in chunk:
                         on_update()
                         n_updates += 1
-                del windows, per_interval
         if not schedule.update_per_interval:
             on_update()
             n_updates += 1

@@ -7,9 +7,9 @@ with the batch, so the saved bytes follow ``bytes(k, B) = B·(a·k + b) + c·k +
 :func:`calibrate` measures BPTT's saved bytes (:class:`~leanspike.measure.SavedTensorMeter`,
 parameters, buffers and the input left out) at T ∈ {1, 2} and B ∈ {1, 2} and fits that
 line; :meth:`MemoryModel.saved_bytes` then predicts any method at any T and batch. The local
-method adds one LIF tensor per local classifier per step (B·classes elements); its graph is
-otherwise the network's own, because leanspike's engine runs every block over the interval
-before one backward.
+method's engine runs one block at a time (forward over the interval, backward, next block),
+so its peak is its largest block's graph with that block's classifier: a line of the same
+form, calibrated per block size n from the local method itself (``local_ns``).
 
 :func:`plan` adds what exists whatever the method (weights, gradients, optimizer slots, the
 input batch, a workspace estimate) and lists the candidate settings in order of expected
@@ -146,7 +146,12 @@ def random_batch(model: nn.Module, input_shape: Sequence[int], T: int, batch: in
 
 @dataclass
 class MemoryModel:
-    """``saved(k, B) = B·(per_sample_step·k + per_sample) + per_step·k + const`` bytes."""
+    """``saved(k, B) = B·(per_sample_step·k + per_sample) + per_step·k + const`` bytes.
+
+    ``local`` holds the same four coefficients per block size n, fitted on the local
+    method's own peaks; a local setting without them is bounded by the whole network's
+    graph plus one LIF tensor per classifier (blocks never hold more than that together).
+    """
 
     per_sample_step: float
     per_sample: float
@@ -155,6 +160,7 @@ class MemoryModel:
     head_per_sample_step: float = 0.0  # one local classifier's LIF, per sample and step
     depth: int = 1
     points: list[dict] = field(default_factory=list)
+    local: dict[int, list[float]] = field(default_factory=dict)
 
     def graph_bytes(self, k: int, batch: int) -> float:
         return batch * (self.per_sample_step * k + self.per_sample) + self.per_step * k + self.const
@@ -164,19 +170,22 @@ class MemoryModel:
 
     def saved_bytes(self, setting: Setting, T: int, batch: int) -> float:
         k = setting.interval(T)
-        extra = 0.0
-        if setting.method == "local":
-            extra = self.heads(int(setting.n)) * batch * self.head_per_sample_step * k  # type: ignore[arg-type]
-        return self.graph_bytes(k, batch) + extra
+        if setting.method != "local" or int(setting.n) >= self.depth:  # type: ignore[arg-type]
+            return self.graph_bytes(k, batch)
+        n = int(setting.n)  # type: ignore[arg-type]
+        if n in self.local:
+            a, b, c, d = self.local[n]
+            return batch * (a * k + b) + c * k + d
+        return self.graph_bytes(k, batch) + self.heads(n) * batch * self.head_per_sample_step * k
 
     def as_dict(self) -> dict:
         return {"per_sample_step": self.per_sample_step, "per_sample": self.per_sample, "per_step": self.per_step,
                 "const": self.const, "head_per_sample_step": self.head_per_sample_step, "depth": self.depth,
-                "points": self.points}
+                "points": self.points, "local": {str(n): v for n, v in self.local.items()}}
 
 
-def fit_memory_model(points: Sequence[tuple[int, int, float]], profile: ModelProfile) -> MemoryModel:
-    """Least-squares fit of measured ``(k, batch, bytes)`` points.
+def _fit_line(points: Sequence[tuple[int, int, float]]) -> list[float]:
+    """Least-squares ``bytes = B·(a·k + b) + c·k + d`` through ``(k, batch, bytes)`` points.
 
     With one batch size only, the batch-independent terms cannot be told apart and the
     bytes are taken as proportional to the batch.
@@ -189,22 +198,33 @@ def fit_memory_model(points: Sequence[tuple[int, int, float]], profile: ModelPro
     rows = [[b * k, b, k, 1.0] if full else [b * k, b] for k, b, _ in points]
     coef, *_ = np.linalg.lstsq(np.array(rows, dtype=float), np.array([p[2] for p in points], dtype=float),
                                rcond=None)
-    values = list(coef) + [0.0] * (4 - len(coef))
+    return [float(v) for v in coef] + [0.0] * (4 - len(coef))
+
+
+def fit_memory_model(points: Sequence[tuple[int, int, float]], profile: ModelProfile,
+                     local: dict[int, Sequence[tuple[int, int, float]]] | None = None) -> MemoryModel:
+    """Fit measured ``(k, batch, bytes)`` points: BPTT's, and the local method's per block size."""
+    values = _fit_line(points)
     head = profile.num_classes * profile.itemsize
-    return MemoryModel(float(values[0]), float(values[1]), float(values[2]), float(values[3]), head,
-                       profile.depth, [{"k": k, "batch": b, "bytes": v} for k, b, v in points])
+    return MemoryModel(*values, head, profile.depth, [{"k": k, "batch": b, "bytes": v} for k, b, v in points],
+                       {n: _fit_line(p) for n, p in (local or {}).items()})
 
 
 def calibrate(model: nn.Module, input_shape: Sequence[int], num_classes: int, steps: Sequence[int] = (1, 2),
-              batches: Sequence[int] = (1, 2), profile: ModelProfile | None = None) -> MemoryModel:
-    """Measure BPTT's saved bytes at each (T, batch) and fit a :class:`MemoryModel`."""
+              batches: Sequence[int] = (1, 2), profile: ModelProfile | None = None,
+              local_ns: Sequence[int] = ()) -> MemoryModel:
+    """Measure BPTT's saved bytes at each (T, batch), and the local method's (k = T) for each
+    block size in ``local_ns`` below the depth, and fit a :class:`MemoryModel`."""
     profile = profile or profile_model(model, input_shape, num_classes)
-    points = []
+    points: list[tuple[int, int, float]] = []
+    local: dict[int, list[tuple[int, int, float]]] = {n: [] for n in sorted(set(local_ns)) if n < profile.depth}
     for b in batches:
         for t in steps:
             x, y = random_batch(model, input_shape, t, b, num_classes)
             points.append((t, b, float(measure_saved_bytes(model, BPTT(), x, y))))
-    return fit_memory_model(points, profile)
+            for n, found in local.items():
+                found.append((t, b, float(measure_saved_bytes(model, TruncatedLocalBPTT(t, n), x, y))))
+    return fit_memory_model(points, profile, local)
 
 
 # --------------------------------------------------------------------------------------
@@ -269,18 +289,20 @@ def plan(model: nn.Module, input_shape: Sequence[int], num_classes: int, T: int,
     if T < 1 or batch < 1:
         raise UserError(f"--T and --batch must be >= 1, got T={T}, batch={batch}")
     profile = profile_model(model, input_shape, num_classes)
+    chosen = list(settings if settings is not None else candidates(T, profile.depth))
     if memory is None:
+        ns = sorted({int(s.n) for s in chosen if s.method == "local"})  # type: ignore[arg-type]
         try:
-            memory = calibrate(model, input_shape, num_classes, profile=profile)
+            memory = calibrate(model, input_shape, num_classes, profile=profile, local_ns=ns)
         except ValueError:  # e.g. BatchNorm1d cannot train on a batch of one
-            memory = calibrate(model, input_shape, num_classes, batches=(2, 4), profile=profile)
+            memory = calibrate(model, input_shape, num_classes, batches=(2, 4), profile=profile, local_ns=ns)
     size = profile.itemsize
     slots = 2 + OPTIMIZER_SLOTS[optimizer]  # the weight, its gradient, optimizer state
     input_bytes = T * batch * math.prod(input_shape) * size
     largest = max(max(u.in_features, u.out_features, u.states) for u in profile.units)
     workspace = 2.0 * batch * largest * size  # gradient of the largest activation, and one temporary
     rows = []
-    for rank, s in enumerate(settings if settings is not None else candidates(T, profile.depth)):
+    for rank, s in enumerate(chosen):
         params = profile.params + (_head_params(profile, int(s.n)) if s.method == "local" else 0)
         fixed = params * size * slots + input_bytes
         row = PlanRow(s, memory.saved_bytes(s, T, batch), float(fixed), workspace, rank)
