@@ -171,6 +171,25 @@ def test_conv_kernel_choice_keeps_the_gradients(float64, stride, padding, bias):
             torch.testing.assert_close(a, b, **TOL)
 
 
+@pytest.mark.parametrize("size,stride,padding,bias", [(3, 1, 1, True), (6, 1, 1, False), (12, 2, 1, True),
+                                                     (5, 1, 0, False)])
+def test_small_map_weight_gradient_is_the_conv_gradient(float64, size, stride, padding, bias):
+    """On maps of at most SMALL_MAP_PIXELS output pixels the weight gradient is one matrix
+    product over the unfolded input: the same gradient as the convolution's own backward."""
+    from leanspike.multistep import SMALL_MAP_PIXELS, Conv2dSequence
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 7, 3, stride=stride, padding=padding, bias=bias)
+    x = torch.randn(4, 5, size, size, requires_grad=True)
+    out = Conv2dSequence.apply(x, conv.weight, conv.bias, (stride, stride), (padding, padding))
+    assert out.shape[2] * out.shape[3] <= SMALL_MAP_PIXELS
+    ref = conv(x)
+    g = torch.randn_like(out)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b, **TOL)
+
+
 def test_winograd_path_in_float32_agrees_with_the_reference_conv():
     """Big float32 stride-1 calls take NNPACK's Winograd kernels (when available): same gradients
     within float32 Winograd rounding, checked against a float64 reference."""
