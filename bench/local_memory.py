@@ -15,7 +15,6 @@ saved bytes do not depend on the values. Writes bench/results/local_memory.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from leanspike import TruncatedLocalBPTT, spiking_depth
 from leanspike.models.registry import build_model
 from leanspike.planner import measure_saved_bytes, random_batch
+from leanspike.experiments.logs import write_json
 
 #: model -> (input shape, classes, T, block sizes, intervals)
 SETUPS = {
@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                "torch": torch.__version__, "machine": platform.machine(), "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(out)
+    write_json(out, payload)  # atomic: a stopped run leaves the old file whole
     print(f"wrote {out}")
     return 0
 

@@ -11,7 +11,6 @@ methods run in one process, interleaved per T, on the same inputs.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from functools import partial
@@ -22,6 +21,7 @@ import torch
 from leanspike import BPTT, LIF, SLTT, SLTTK
 from leanspike.measure import SavedTensorMeter, time_iterations
 from leanspike.models.small import spiking_cnn
+from leanspike.experiments.logs import write_json
 
 
 def build(model_name: str, channels: int, size: int, classes: int):
@@ -72,11 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"model": args.model, "batch": args.batch, "input": [args.channels, args.size, args.size],
                "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
                "python": sys.version.split()[0], "rows": rows, "checks": checks}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, payload)  # atomic: a stopped run leaves the old file whole
+    print(f"wrote {out}")
     return 0
 
 

@@ -476,9 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(out)
+    from leanspike.experiments.logs import write_json  # not at the top: peers' worker processes stay lean
+
+    write_json(out, payload)  # atomic: a stopped run leaves the old file whole
     print(f"wrote {out}")
     return 0
 
