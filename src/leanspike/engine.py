@@ -176,23 +176,24 @@ class Engine:
                 with_graph = schedule.graph_intervals is None or chunk[0] in schedule.graph_intervals
                 ctx = contextlib.nullcontext() if with_graph else torch.no_grad()
                 parts = self._parts(inputs[start:stop], sequence)
+                spans = [(t0 - start, t1 - start) for t0, t1 in (schedule.intervals[i] for i in chunk)]
                 # block by block: a block's graph is freed by its own backward before the next
                 # block runs, so local blocks lower the peak (block-major order changes no value:
                 # a block's state and RNG draws depend only on its own earlier steps)
                 for b in range(n_blocks):
                     with ctx:
                         outs, window = self._block(b, parts, sequence)
-                        spans = [schedule.intervals[index] for index in chunk]
-                        windows = [window[t0 - start:t1 - start] for t0, t1 in spans] if len(chunk) > 1 else [window]
+                        windows = [window[t0:t1] for t0, t1 in spans] if len(chunk) > 1 else [window]
                         losses = [loss_fn(w, targets, total) for w in windows]
                     # a graph is built only for single-interval chunks; a block with nothing
                     # to train (frozen, or a loss that ignores it) has no graph to go back through
                     if with_graph and losses[0].requires_grad:
                         backward(losses[0] * schedule.loss_scale)
                         n_backward += 1
-                    local_totals[b] += sum(float(value.detach()) for value in losses)
+                    block_loss = sum(float(value.detach()) for value in losses)
+                    local_totals[b] += block_loss
                     if b == n_blocks - 1:
-                        loss_total += sum(float(value.detach()) for value in losses)
+                        loss_total += block_loss
                         window_sum = window.detach().sum(0)
                         out_sum = window_sum if out_sum is None else out_sum + window_sum
                     else:
