@@ -91,7 +91,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
     out["summary"] = {"world_size": summary["world_size"], "test_accuracy": summary["test_accuracy"]}
     with open(f"{folder}/result{rank}.json", "w") as f:
         json.dump(out, f)
-    dist.destroy_process_group()
+    D.shutdown()
 
 
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):

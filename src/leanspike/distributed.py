@@ -143,5 +143,8 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group once every rank is done: a rank that tears its group down
+    while another still talks to it aborts (gloo: "terminate called without an active exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
