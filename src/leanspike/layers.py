@@ -261,8 +261,9 @@ class SequenceDropout(Stateful):
         return tuple(x.shape)
 
     def _draw(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - self.p)
-        mask = keep / (1 - self.p)
+        # uniform < keep probability: the same Bernoulli law, about twice as fast as bernoulli_ on CPU
+        keep = torch.rand(shape, dtype=like.dtype, device=like.device) < 1 - self.p
+        mask = keep.to(like.dtype) / (1 - self.p)
         # kept units hold exactly this value (computed by the same division), so the mask, and
         # spikes times the mask, can be saved for backward as bool (leanspike.compact)
         self._scale = torch.ones((), dtype=like.dtype, device=like.device) / (1 - self.p)
