@@ -128,7 +128,8 @@ def _conv_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         z = F.conv2d(x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl), bias, *conf)
         return z.contiguous()
     cols = _unfold(x, weight, conf) if cols is None else cols  # [B, C·kh·kw, L]
-    out = torch.matmul(weight.reshape(weight.shape[0], -1), cols)  # [B, O, L]
+    w = weight.reshape(weight.shape[0], -1)
+    out = torch.bmm(w.expand(cols.shape[0], *w.shape), cols)  # [B, O, L], written in place (matmul transposes)
     if bias is not None:
         out += bias[:, None]
     return out.view(x.shape[0], weight.shape[0], *_out_size(x, weight, conf))
