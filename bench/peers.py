@@ -2,6 +2,7 @@
 
     python bench/peers.py                       # T = 2, 4, 6, 10; every setup; 2 threads
     python bench/peers.py --Ts 6 --rounds 3     # one T, three rounds (min of the medians)
+    python bench/peers.py --device cuda         # the same on a GPU (writes peers_cuda.json)
 
 The peers come from the optional ``bench`` extra (``pip install -e .[bench]`` and
 ``pip install --no-deps spikingjelly==2.0.0``); a setup whose library is missing is
@@ -22,7 +23,10 @@ time), the peak bytes saved for backward during one iteration
 excluded), the peak RSS increase over the timed iterations, and the achieved
 convolution GFLOP/s (analytic: forward = 2·MACs per step, backward = 2× forward for
 every step that builds a graph). The machine's fp32 matmul GFLOP/s is measured once.
-Writes bench/results/peers.json.
+With ``--device cuda`` every timed iteration is synchronised and the peak CUDA memory
+increase (``torch.cuda.max_memory_allocated`` during the timed iterations minus what was
+allocated before them) is reported beside the RSS.
+Writes bench/results/peers.json (peers_cuda.json on a GPU).
 """
 
 from __future__ import annotations
@@ -209,13 +213,14 @@ def snntorch_reset(model: nn.Module) -> None:
 
 # ------------------------------------------------------------------------------ iterations
 def make_iteration(setup: str, T: int, x: torch.Tensor, y: torch.Tensor):
-    """(model, one-iteration callable, number of steps that build a graph)."""
+    """(model, one-iteration callable, number of steps that build a graph); the model lives
+    on ``x``'s device."""
     reference = leanspike_model()
     if setup.startswith("leanspike-") or setup == "forward-only":
         from leanspike import BPTT, SLTT, SLTTK
         from leanspike.engine import infer
 
-        model = reference
+        model = reference.to(x.device)
         optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
         if setup == "forward-only":
             model.eval()
@@ -233,7 +238,7 @@ def make_iteration(setup: str, T: int, x: torch.Tensor, y: torch.Tensor):
         from spikingjelly.activation_based import functional
 
         mode = setup.removeprefix("spikingjelly-")
-        model = spikingjelly_model(reference, mode)
+        model = spikingjelly_model(reference, mode).to(x.device)
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
         if mode == "sltt":
@@ -256,7 +261,7 @@ def make_iteration(setup: str, T: int, x: torch.Tensor, y: torch.Tensor):
         return model, iteration, T
 
     if setup == "snntorch-bptt":
-        model = snntorch_model(reference)
+        model = snntorch_model(reference).to(x.device)
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
@@ -289,13 +294,22 @@ def conv_macs_per_step(batch: int = BATCH) -> int:
     return total
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device = torch.device("cpu"), n: int = 2048, repeats: int = 5) -> float:
+    if device.type == "cuda":
+        n *= 4  # a 2048² product is over before a GPU is busy
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         a @ b
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 
@@ -311,12 +325,12 @@ def _release_free_memory() -> None:
         pass
 
 
-def worker(setup: str, T: int, warmup: int, iterations: int) -> dict:
+def worker(setup: str, T: int, warmup: int, iterations: int, device: torch.device) -> dict:
     from leanspike.measure import SavedTensorMeter, current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
     torch.manual_seed(0)
-    x = (torch.rand(T, BATCH, CHANNELS, SIZE, SIZE) < FIRING).float()
-    y = torch.randint(0, CLASSES, (BATCH,))
+    x = (torch.rand(T, BATCH, CHANNELS, SIZE, SIZE) < FIRING).float().to(device)
+    y = torch.randint(0, CLASSES, (BATCH,)).to(device)
     model, iteration, graphs = make_iteration(setup, T, x, y)
     for _ in range(warmup):
         iteration()
@@ -326,14 +340,25 @@ def worker(setup: str, T: int, warmup: int, iterations: int) -> dict:
     _release_free_memory()
     rss_before = current_rss_bytes()
     rss_reset = reset_peak_rss()
+    cuda = device.type == "cuda"
+    if cuda:
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        cuda_before = torch.cuda.memory_allocated(device)
     times = []
     for _ in range(iterations):
+        _sync(device)
         start = time.perf_counter()
         iteration()
+        _sync(device)
         times.append(time.perf_counter() - start)
     rss_increase = max(0, peak_rss_bytes() - rss_before) if rss_reset else None
-    return {"setup": setup, "T": T, "times_s": times, "s_per_iter": statistics.median(times),
-            "saved_bytes": meter.peak_bytes, "rss_increase_bytes": rss_increase, "graph_steps": graphs}
+    row = {"setup": setup, "T": T, "device": str(device), "times_s": times, "s_per_iter": statistics.median(times),
+           "saved_bytes": meter.peak_bytes, "rss_increase_bytes": rss_increase, "graph_steps": graphs}
+    if cuda:
+        row["cuda_peak_increase_bytes"] = torch.cuda.max_memory_allocated(device) - cuda_before
+        row["gpu"] = torch.cuda.get_device_name(device)
+    return row
 
 
 # ------------------------------------------------------------------------------ driver
@@ -346,7 +371,7 @@ def available(library: str) -> bool:
 def run_worker(setup: str, T: int, args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--worker", setup, "--T", str(T), "--threads", str(args.threads),
-           "--warmup", str(args.warmup), "--iterations", str(args.iterations)]
+           "--warmup", str(args.warmup), "--iterations", str(args.iterations), "--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"setup": setup, "T": T, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
@@ -380,9 +405,12 @@ TARGETS = [
 ]
 
 
-def evaluate_targets(rows: dict[tuple[str, int], dict]) -> list[dict]:
+def evaluate_targets(rows: dict[tuple[str, int], dict], cuda: bool = False) -> list[dict]:
+    """The issue's ratios; on a GPU the peak-RSS one compares peak CUDA memory increases."""
     out = []
     for name, (na, ta, fa), (nb, tb, fb), limit in TARGETS:
+        if cuda and fa == "rss_increase_bytes":
+            name, fa, fb = name.replace("peak RSS", "peak CUDA memory"), "cuda_peak_increase_bytes", "cuda_peak_increase_bytes"
         a = rows.get((na, ta), {}).get(fa)
         b = rows.get((nb, tb), {}).get(fb)
         value = _ratio(a, b)
@@ -391,9 +419,9 @@ def evaluate_targets(rows: dict[tuple[str, int], dict]) -> list[dict]:
     return out
 
 
-def format_table(rows: list[dict], Ts: list[int], setups: list[str]) -> str:
-    head = f"| setup | T | s/iter | conv GFLOP/s | saved for backward (MiB) | peak RSS increase (MiB) |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+def format_table(rows: list[dict], Ts: list[int], setups: list[str], cuda: bool = False) -> str:
+    head = "| setup | T | s/iter | conv GFLOP/s | saved for backward (MiB) | peak RSS increase (MiB) |"
+    lines = [head + (" peak CUDA increase (MiB) |" if cuda else ""), "|---|---:|---:|---:|---:|---:|" + ("---:|" if cuda else "")]
     by = {(r["setup"], r["T"]): r for r in rows}
     for setup in setups:
         for T in Ts:
@@ -401,11 +429,14 @@ def format_table(rows: list[dict], Ts: list[int], setups: list[str]) -> str:
             if r is None:
                 continue
             if "error" in r or "skipped" in r:
-                lines.append(f"| {setup} | {T} | {r.get('error') or r.get('skipped')} | | | |")
+                lines.append(f"| {setup} | {T} | {r.get('error') or r.get('skipped')} | | | |" + (" |" if cuda else ""))
                 continue
             rss = "n/a" if r["rss_increase_bytes"] is None else f"{r['rss_increase_bytes'] / 2**20:.0f}"
-            lines.append(f"| {setup} | {T} | {r['s_per_iter']:.3f} | {r['conv_gflops']:.0f} | "
-                         f"{r['saved_bytes'] / 2**20:.1f} | {rss} |")
+            line = (f"| {setup} | {T} | {r['s_per_iter']:.3f} | {r['conv_gflops']:.0f} | "
+                    f"{r['saved_bytes'] / 2**20:.1f} | {rss} |")
+            if cuda:
+                line += f" {r['cuda_peak_increase_bytes'] / 2**20:.0f} |"
+            lines.append(line)
     return "\n".join(lines)
 
 
@@ -417,23 +448,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "peers.json"))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", help="JSON file (default bench/results/peers.json, peers_cuda.json on cuda)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--T", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: this torch build sees no CUDA device")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     if args.worker:
-        print(json.dumps(worker(args.worker, args.T, args.warmup, args.iterations)))
+        print(json.dumps(worker(args.worker, args.T, args.warmup, args.iterations, device)))
         return 0
+    out = Path(args.out or Path(__file__).parent / "results" / ("peers_cuda.json" if cuda else "peers.json"))
 
     Ts = [int(t) for t in args.Ts.split(",")]
     setups = [s for s in args.setups.split(",") if s]
     unknown = [s for s in setups if s not in SETUPS]
     if unknown:
         p.error(f"unknown setups {unknown}; known: {', '.join(SETUPS)}")
-    gflops = matmul_gflops()
+    gflops = matmul_gflops(device)
     macs = conv_macs_per_step()
-    print(f"fp32 matmul: {gflops:.0f} GFLOP/s on {args.threads} threads; "
+    where = torch.cuda.get_device_name(device) if cuda else f"{args.threads} threads"
+    print(f"fp32 matmul: {gflops:.0f} GFLOP/s on {where}; "
           f"conv forward per step: {2 * macs / 1e9:.2f} GFLOP (batch {BATCH})", flush=True)
     best: dict[tuple[str, int], dict] = {}
     for rnd in range(args.rounds):
@@ -455,8 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                                           if "saved_bytes" in r else "")
                 print(f"[round {rnd + 1}] T={T:>2} {setup:<26} {desc}", flush=True)
     rows = [best[k] for k in sorted(best, key=lambda k: (setups.index(k[0]), k[1]))]
-    table = format_table(rows, Ts, setups)
-    targets = evaluate_targets(best)
+    table = format_table(rows, Ts, setups, cuda)
+    targets = evaluate_targets(best, cuda)
     print()
     print(table)
     print()
@@ -468,13 +506,13 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": "vgg11 (per-step BN, dropout 0.3), input [T, 8, 2, 48, 48] binary, 10 classes",
         "neuron": {"decay": DECAY, "v_threshold": V_TH, "reset": "subtract", "surrogate": f"sigmoid alpha={ALPHA}"},
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup, "iterations": args.iterations,
         "matmul_gflops": gflops, "conv_forward_gflop_per_step": 2 * macs / 1e9,
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
         "versions": _versions(), "setups": {k: v[0] for k, v in SETUPS.items() if k in setups},
         "rows": rows, "targets": targets, "table": table,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from leanspike.experiments.logs import write_json  # not at the top: peers' worker processes stay lean
 
