@@ -1,0 +1,159 @@
+"""Convolution kernels on this machine: which one is fastest for each VGG-11 layer and batch.
+
+    python bench/conv_kernels.py                    # batches 8, 16, 48; 2 threads
+    python bench/conv_kernels.py --batches 8,48 --threads 1
+
+leanspike picks a kernel per call by size (``leanspike.multistep``): NNPACK's Winograd for
+big stride-1 calls, a matrix product over the unfolded input for the few-channel first layer
+and for weight gradients on tiny maps, oneDNN otherwise. This benchmark shows the evidence
+behind those thresholds: for every 3×3 convolution of the SLTT paper's VGG-11 on 48×48 event
+frames, at batches of 8 (one step of SLTT), 16 and 48 (six steps of BPTT), it times the
+forward, the input gradient (dX) and the weight gradient (dW) with each candidate (median of
+``--repeats`` calls after two warm-up calls, candidates interleaved) and marks the one
+leanspike uses. Prints a table; writes bench/results/conv_kernels.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+#: (in channels, out channels, map size) of VGG-11's convolutions on 2×48×48 frames
+LAYERS = [(2, 64, 48), (64, 128, 24), (128, 256, 12), (256, 256, 12), (256, 512, 6), (512, 512, 6),
+          (512, 512, 3), (512, 512, 3)]
+FIRING = 0.2
+CL = torch.channels_last
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Callable[[], object]]]:
+    """{pass: {kernel: call}} for one layer at batch ``n``."""
+    x = (torch.rand(n, cin, size, size) < FIRING).float()
+    w = torch.randn(cout, cin, 3, 3) * 0.05
+    bias = torch.zeros(cout)
+    g = torch.randn(n, cout, size, size)
+    xc, wc, gc = x.contiguous(memory_format=CL), w.contiguous(memory_format=CL), g.contiguous(memory_format=CL)
+    flipped = w.transpose(0, 1).flip(2, 3).contiguous()
+    one = [1, 1]
+
+    def backward(grad, inp, weight, mask):
+        return torch.ops.aten.convolution_backward(grad, inp, weight, None, one, one, one, False, [0, 0], 1, mask)
+
+    def unfolded_forward():
+        cols = F.unfold(x, (3, 3), padding=1)
+        return torch.bmm(w.view(cout, -1).expand(n, -1, -1), cols)
+
+    def unfolded_weight_grad():
+        cols = F.unfold(x, (3, 3), padding=1)
+        if cin * 9 < 64:  # leanspike's first-layer form: per-sample products, summed
+            return torch.bmm(g.view(n, cout, -1), cols.transpose(1, 2)).sum(0)
+        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        return g.transpose(0, 1).reshape(cout, -1) @ rows
+
+    out = {
+        "forward": {
+            "oneDNN": lambda: F.conv2d(x, w, bias, 1, 1),
+            "oneDNN channels-last": lambda: F.conv2d(xc, wc, bias, 1, 1).contiguous(),
+            "unfold + matmul": unfolded_forward,
+        },
+        "dX": {
+            "oneDNN": lambda: backward(g, x, w, [True, False, False]),
+            "oneDNN channels-last": lambda: backward(gc, xc, wc, [True, False, False])[0].contiguous(),
+        },
+        "dW": {
+            "oneDNN": lambda: backward(g, x, w, [False, True, False]),
+            "unfold + matmul": unfolded_weight_grad,
+        },
+    }
+    if torch._nnpack_available():
+        out["forward"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(x, w, bias, one, one)
+        out["dX"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(
+            g, flipped, torch.zeros(cin), one, one)
+    return out
+
+
+def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
+    """The kernel ``leanspike.multistep`` runs for each pass of this call."""
+    from leanspike import multistep as ms
+
+    x = torch.empty(n, cin, size, size)
+    w = torch.empty(cout, cin, 3, 3)
+    if cin * 9 < ms.SHALLOW_DEPTH:
+        return {"forward": "unfold + matmul", "dX": "unfold + matmul", "dW": "unfold + matmul"}
+    winograd = ms._winograd(x, w, (1, 1), (1, 1))
+    return {"forward": "NNPACK Winograd" if winograd else "oneDNN",
+            "dX": "NNPACK Winograd" if winograd else "oneDNN",
+            "dW": "unfold + matmul" if size * size <= ms.SMALL_MAP_PIXELS else "oneDNN"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", default="8,16,48", help="comma-separated numbers of samples per call")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "conv_kernels.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = []
+    lines = ["| batch | layer | pass | GFLOP | " + "kernel: ms (* = leanspike's choice) |", "|---:|---|---|---:|---|"]
+    for n in [int(b) for b in args.batches.split(",")]:
+        for cin, cout, size in LAYERS:
+            if cin * 9 < 64 and n > 8:
+                continue  # the first layer only runs per step (its input is recomputed, never batched)
+            gflop = 2 * n * size * size * cin * cout * 9 / 1e9
+            chosen = leanspike_choice(n, cin, cout, size)
+            for pass_, calls in candidates(n, cin, cout, size).items():
+                if pass_ == "dX" and cin == 2:
+                    continue  # the input needs no gradient
+                times = {k: _median_ms(fn, args.repeats) for k, fn in calls.items()}
+                best = min(times, key=times.get)  # type: ignore[arg-type]
+                rows.append({"batch": n, "in": cin, "out": cout, "size": size, "pass": pass_, "gflop": gflop,
+                             "ms": times, "fastest": best, "leanspike": chosen[pass_]})
+                cells = ", ".join(f"{k}{'*' if k == chosen[pass_] else ''} {v:.1f}" for k, v in times.items())
+                lines.append(f"| {n} | {cin}→{cout} @ {size}×{size} | {pass_} | {gflop:.2f} | {cells} |")
+                print(lines[-1], flush=True)
+    total = {}
+    for r in rows:
+        key = (r["batch"], "leanspike")
+        total[key] = total.get(key, 0.0) + r["ms"].get(r["leanspike"], min(r["ms"].values()))
+        key = (r["batch"], "fastest")
+        total[key] = total.get(key, 0.0) + min(r["ms"].values())
+    print()
+    print("\n".join(lines[:2]))
+    summary = []
+    for n in sorted({k[0] for k in total}):
+        lean, fast = total[n, "leanspike"], total[n, "fastest"]
+        summary.append({"batch": n, "leanspike_ms": lean, "fastest_ms": fast})
+        print(f"batch {n}: leanspike's kernels {lean:.1f} ms for all passes of all layers; "
+              f"the fastest per pass {fast:.1f} ms ({lean / fast:.2f}×)")
+    from leanspike.experiments.logs import write_json
+
+    write_json(Path(args.out), {
+        "command": "python bench/conv_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
+        "python": platform.python_version(), "rows": rows, "summary": summary, "table": "\n".join(lines)})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
