@@ -4,8 +4,9 @@
     python bench/conv_kernels.py --batches 8,48 --threads 1
 
 leanspike picks a kernel per call by size (``leanspike.multistep``): NNPACK's Winograd for
-big stride-1 calls, a matrix product over the unfolded input for the few-channel first layer
-and for weight gradients on tiny maps, oneDNN otherwise. This benchmark shows the evidence
+the forward and input gradient of big stride-1 calls, NNPACK for their weight gradient on
+6-16 pixel maps (the input's samples taken as channels), a matrix product over the unfolded
+input for the few-channel first layer and for weight gradients on tiny maps, oneDNN otherwise. This benchmark shows the evidence
 behind those thresholds: for every 3×3 convolution of the SLTT paper's VGG-11 on 48×48 event
 frames, at batches of 8 (one step of SLTT), 16 and 48 (six steps of BPTT), it times the
 forward, the input gradient (dX) and the weight gradient (dW) with each candidate (median of
@@ -87,6 +88,10 @@ def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Ca
         out["forward"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(x, w, bias, one, one)
         out["dX"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(
             g, flipped, torch.zeros(cin), one, one)
+        if 6 <= size <= 16:
+            from leanspike.multistep import _weight_grad_as_conv
+
+            out["dW"]["NNPACK, samples as channels"] = lambda: _weight_grad_as_conv(g, x, (1, 1))
     return out
 
 
@@ -99,9 +104,11 @@ def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     if cin * 9 < ms.SHALLOW_DEPTH:
         return {"forward": "unfold + matmul", "dX": "unfold + matmul", "dW": "unfold + matmul"}
     winograd = ms._winograd(x, w, (1, 1), (1, 1))
+    g = torch.empty(n, cout, size, size)
+    dw = ("NNPACK, samples as channels" if ms._dw_as_conv(g, x, (1, 1))
+          else "unfold + matmul" if size * size <= ms.SMALL_MAP_PIXELS else "oneDNN")
     return {"forward": "NNPACK Winograd" if winograd else "oneDNN",
-            "dX": "NNPACK Winograd" if winograd else "oneDNN",
-            "dW": "unfold + matmul" if size * size <= ms.SMALL_MAP_PIXELS else "oneDNN"}
+            "dX": "NNPACK Winograd" if winograd else "oneDNN", "dW": dw}
 
 
 def main(argv: list[str] | None = None) -> int:

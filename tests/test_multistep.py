@@ -212,6 +212,45 @@ def test_winograd_path_in_float32_agrees_with_the_reference_conv():
     assert _winograd(x, conv.weight, (1, 1), (1, 1)) == torch._nnpack_available()
 
 
+@pytest.mark.parametrize("size,kernel,padding", [(12, 3, 1), (6, 3, 1), (14, 5, 2), (10, 3, 0)])
+def test_weight_gradient_as_an_nnpack_conv_agrees_with_the_reference(size, kernel, padding):
+    """Big float32 stride-1 calls on 6-16 pixel maps compute dW as one NNPACK convolution
+    (samples as channels, the output gradient as kernel): the float64 reference's gradient
+    within float32 rounding."""
+    from leanspike.multistep import DW_CONV_MIN_BATCH, Conv2dSequence, _dw_as_conv
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, kernel, padding=padding)
+    x = (torch.rand(DW_CONV_MIN_BATCH, 6, size, size) < 0.3).float()
+    out = Conv2dSequence.apply(x, conv.weight, conv.bias, (1, 1), (padding, padding))
+    g = torch.randn_like(out)
+    assert _dw_as_conv(g, x, (1, 1)) == torch._nnpack_available()
+    got = torch.autograd.grad(out, [conv.weight, conv.bias], g)
+    ref_conv = nn.Conv2d(6, 5, kernel, padding=padding).double()
+    ref_conv.load_state_dict(conv.state_dict())
+    want = torch.autograd.grad(ref_conv(x.double()), [ref_conv.weight, ref_conv.bias], g.double())
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+def test_small_map_weight_gradient_in_parts_is_the_whole(float64, monkeypatch):
+    """The unfolded weight gradient bounds its temporary memory by summing parts of the batch."""
+    from leanspike import multistep
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(7, 3, 5, 5)
+    g = torch.randn(7, 4, 5, 5)
+    whole = multistep._weight_grad_unfolded(g, x, conv.weight, (1, 1), (1, 1))
+    monkeypatch.setattr(multistep, "UNFOLD_VALUES", 2 * 27 * 25)  # two samples per part: four parts
+    parts = multistep._weight_grad_unfolded(g, x, conv.weight, (1, 1), (1, 1))
+    ref = torch.ops.aten.convolution_backward(g, x, conv.weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                              [False, True, False])[1]
+    torch.testing.assert_close(whole, ref, **TOL)
+    torch.testing.assert_close(parts, ref, **TOL)
+
+
 def test_long_intervals_run_in_parts_with_the_same_gradients(float64, monkeypatch):
     import leanspike.multistep as ms
 

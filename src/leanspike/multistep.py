@@ -299,12 +299,40 @@ def _weight_grad_unfolded(grad: torch.Tensor, x: torch.Tensor, weight: torch.Ten
     return total.view_as(weight)
 
 
+#: samples from which a weight gradient runs as an NNPACK convolution (:func:`_weight_grad_as_conv`);
+#: with fewer, oneDNN's kernel is faster (a batch of 8: 12 against 20-35 ms on VGG-11's 12×12 and
+#: 6×6 stages, 2 threads; at 48 samples NNPACK takes 0.55-0.8× oneDNN's time: bench/conv_kernels.py)
+DW_CONV_MIN_BATCH = 32
+#: output map sides for which it applies: NNPACK takes kernels of up to 16×16, and on maps under
+#: 6×6 it ran slower than oneDNN. (Larger maps cut into tiles gained little, 0.88× on 24×24, and
+#: their tile copies and NNPACK's transformed kernels raised the peak memory by ~100 MiB.)
+DW_CONV_SIDES = range(6, 17)
+
+
+def _dw_as_conv(grad: torch.Tensor, x: torch.Tensor, stride: tuple) -> bool:
+    """Whether :func:`_weight_grad_as_conv` applies (stride 1, big batch, map of 6-16 pixels a side)."""
+    return (_NNPACK and stride == (1, 1) and x.dtype == torch.float32 and grad.shape[0] >= DW_CONV_MIN_BATCH
+            and grad.shape[2] in DW_CONV_SIDES and grad.shape[3] in DW_CONV_SIDES)
+
+
+def _weight_grad_as_conv(grad: torch.Tensor, x: torch.Tensor, padding: tuple) -> torch.Tensor:
+    """``dL/dW`` of a stride-1 convolution as one NNPACK convolution: ``dW[o, c] = Σ_n Σ_p
+    grad[n, o, p] · x_padded[n, c, p + ·]`` convolves the padded input, its samples taken as
+    channels, with the output gradient as the kernel (which NNPACK transforms once). Rounds
+    differently from oneDNN (relative 1e-6 in float32)."""
+    padded = F.pad(x, (padding[1], padding[1], padding[0], padding[0])).transpose(0, 1).contiguous()
+    kernel = grad.transpose(0, 1).contiguous()
+    out = torch.ops.aten._nnpack_spatial_convolution(padded, kernel, None, [0, 0], [1, 1])
+    return out.transpose(0, 1).contiguous()  # [C, O, kh, kw] -> [O, C, kh, kw]
+
+
 class Conv2dSequence(torch.autograd.Function):
     """A plain ``Conv2d`` over ``[t·B, C, H, W]`` that picks its kernels by size (see
     :func:`_winograd`): NNPACK for the forward and for the input gradient (the forward conv
     of the output gradient with the flipped kernel) of big stride-1 calls, oneDNN otherwise;
-    the weight gradient by oneDNN, or on maps of at most :data:`SMALL_MAP_PIXELS` pixels as one
-    matrix product. Saves what ``F.conv2d`` saves (input and weight)."""
+    the weight gradient of big stride-1 calls by NNPACK too (:func:`_weight_grad_as_conv`),
+    else by oneDNN, or on maps of at most :data:`SMALL_MAP_PIXELS` pixels as one matrix
+    product. Saves what ``F.conv2d`` saves (input and weight)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride: tuple, padding: tuple):  # type: ignore[override]
@@ -339,7 +367,10 @@ class Conv2dSequence(torch.autograd.Function):
                 grad_x = torch.ops.aten.convolution_backward(
                     grad, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
                     [True, False, False])[0]
-        if need[1] and grad.shape[2] * grad.shape[3] <= SMALL_MAP_PIXELS:
+        if need[1] and _dw_as_conv(grad, x, stride):
+            grad_w = _weight_grad_as_conv(grad, x, padding)
+            grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
+        elif need[1] and grad.shape[2] * grad.shape[3] <= SMALL_MAP_PIXELS:
             grad_w = _weight_grad_unfolded(grad, x, weight, stride, padding)
             grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
         elif need[1] or (ctx.has_bias and need[2]):
