@@ -264,7 +264,8 @@ def _winograd(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tup
 _NNPACK = torch._nnpack_available()
 #: in_channels·kh·kw below which a convolution runs as one matrix product over the unfolded
 #: input (:func:`_conv_step`): oneDNN pads few input channels to a whole block; the first layer
-#: on 2-channel events (1.3 ms against 5.4 ms for oneDNN channels-last plus the copy back, batch 8)
+#: on 2-channel events, batch 8: 1.0 ms against 5.5 ms for oneDNN and 6.6 ms for oneDNN channels-last
+#: with the copy back (bench/conv_kernels.py)
 SHALLOW_DEPTH = 64
 
 
@@ -290,7 +291,7 @@ def _weight_grad_unfolded(grad: torch.Tensor, x: torch.Tensor, weight: torch.Ten
     part = max(1, UNFOLD_VALUES // per_sample)
     total = None
     for i in range(0, n, part):
-        cols = F.unfold(x[i:i + part], weight.shape[2:], padding=padding, stride=stride)  # [n, C·kh·kw, L]
+        cols = _unfold(x[i:i + part], weight, (stride, padding, (1, 1)))  # [n, C·kh·kw, L]
         rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
         del cols
         product = grad[i:i + part].transpose(0, 1).reshape(out_channels, -1) @ rows
@@ -300,8 +301,8 @@ def _weight_grad_unfolded(grad: torch.Tensor, x: torch.Tensor, weight: torch.Ten
 
 
 #: samples from which a weight gradient runs as an NNPACK convolution (:func:`_weight_grad_as_conv`);
-#: with fewer, oneDNN's kernel is faster (a batch of 8: 12 against 20-35 ms on VGG-11's 12×12 and
-#: 6×6 stages, 2 threads; at 48 samples NNPACK takes 0.55-0.8× oneDNN's time: bench/conv_kernels.py)
+#: with fewer, oneDNN's kernel is faster (a batch of 8: 6-13 ms against 20-37 ms on VGG-11's 12×12
+#: and 6×6 stages, 2 threads; at 48 samples NNPACK takes 0.6-1.0× oneDNN's time: bench/conv_kernels.py)
 DW_CONV_MIN_BATCH = 32
 #: output map sides for which it applies: NNPACK takes kernels of up to 16×16, and on maps under
 #: 6×6 it ran slower than oneDNN. (Larger maps cut into tiles gained little, 0.88× on 24×24, and
