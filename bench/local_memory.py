@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"command": "python bench/local_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "torch": torch.__version__, "machine": platform.machine(), "rows": rows}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, payload)  # atomic: a stopped run leaves the old file whole
     print(f"wrote {out}")
     return 0

@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
                "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
                "python": sys.version.split()[0], "rows": rows, "checks": checks}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, payload)  # atomic: a stopped run leaves the old file whole
     print(f"wrote {out}")
     return 0

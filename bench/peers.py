@@ -513,7 +513,6 @@ def main(argv: list[str] | None = None) -> int:
         "versions": _versions(), "setups": {k: v[0] for k, v in SETUPS.items() if k in setups},
         "rows": rows, "targets": targets, "table": table,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     from leanspike.experiments.logs import write_json  # not at the top: peers' worker processes stay lean
 
     write_json(out, payload)  # atomic: a stopped run leaves the old file whole

@@ -31,6 +31,8 @@ TENSORBOARD = "tensorboard"
 
 
 def write_json(path: Path, payload: Any) -> None:
+    """``payload`` as indented JSON, written atomically; the folder is created if missing."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
