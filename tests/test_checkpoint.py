@@ -119,6 +119,19 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_same_run(tmp_path, caps
     assert not list(resumed.glob(".*.tmp"))  # no temp file left visible as a checkpoint
 
 
+def test_sigterm_as_soon_as_the_run_folder_appears_still_checkpoints(tmp_path):
+    """The signal handlers are in place before config.yaml is written: a SIGTERM sent the moment
+    it appears stops after the first batch with a checkpoint and the resume hint, not silently."""
+    out = tmp_path / "run"
+    proc = _start_child(tmp_path, SLTTK_RUN, out)
+    (tmp_path / "go").touch()
+    _wait_for(out / "config.yaml", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert "interrupted by SIGTERM" in err and "--resume" in err, err
+    assert _final(out)["batch"] > 0
+
+
 def test_sigterm_mid_epoch_checkpoints_and_resume_gives_the_same_run(tmp_path, capsys):
     base, resumed = _interrupted_then_resumed(tmp_path, LOCAL_RUN, signal.SIGTERM, 0.5)
     _assert_same_run(base, resumed)

@@ -553,25 +553,27 @@ class _Run:
 
     def run(self) -> dict[str, Any]:
         cfg, out = self.cfg, self.out
-        if out is not None and self.main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / CONFIG, C.to_yaml(cfg))
-            if not (out / ENVIRONMENT).exists():
-                write_json(out / ENVIRONMENT, environment(self.device, self.world,
-                                                          self.dist.backend if self.dist else None))
-            self.log = MetricsLog(out, cfg.tensorboard, first_epoch=self.epoch)
-            self.log.write(self.rows)  # drops the rows of an epoch a crash cut short
-        reset_peak_rss()
-        if self.device.type == "cuda":
-            reset_cuda_peak(self.device)
-        start = time.perf_counter()
-        try:
-            with _StopFlag() as flag:
+        # the handlers go in before the run folder is written: a signal that arrives while it is
+        # (config.yaml already there) stops after the first batch with a checkpoint, as later ones do
+        with _StopFlag() as flag:
+            if out is not None and self.main:
+                out.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(out / CONFIG, C.to_yaml(cfg))
+                if not (out / ENVIRONMENT).exists():
+                    write_json(out / ENVIRONMENT, environment(self.device, self.world,
+                                                              self.dist.backend if self.dist else None))
+                self.log = MetricsLog(out, cfg.tensorboard, first_epoch=self.epoch)
+                self.log.write(self.rows)  # drops the rows of an epoch a crash cut short
+            reset_peak_rss()
+            if self.device.type == "cuda":
+                reset_cuda_peak(self.device)
+            start = time.perf_counter()
+            try:
                 while self.epoch < cfg.epochs:
                     self.train_epoch(flag)
-        finally:
-            if self.log is not None:
-                self.log.close()
+            finally:
+                if self.log is not None:
+                    self.log.close()
         summary = self.summary(time.perf_counter() - start)
         if out is not None and self.main:
             write_json(out / SUMMARY, summary)
