@@ -4,7 +4,9 @@
     python bench/conv_kernels.py --batches 8,48 --threads 1
 
 leanspike picks a kernel per call by size (``leanspike.multistep``): NNPACK's Winograd for
-the forward and input gradient of big stride-1 calls, NNPACK for their weight gradient on
+the forward and input gradient of big stride-1 calls, F(2×2, 3×3) in PyTorch ops with the
+kernels transformed once per batch (``leanspike.winograd``) for those of small-batch calls
+with ≥ 128 channels on maps of ≥ 6×6, NNPACK for big calls' weight gradient on
 6-16 pixel maps (the input's samples taken as channels), a matrix product over the unfolded
 input for the few-channel first layer and for weight gradients on tiny maps, oneDNN otherwise. This benchmark shows the evidence
 behind those thresholds: for every 3×3 convolution of the SLTT paper's VGG-11 on 48×48 event
@@ -43,6 +45,9 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+F23 = "F(2x2,3x3), cached kernels"
 
 
 def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Callable[[], object]]]:
@@ -84,6 +89,12 @@ def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Ca
             "unfold + matmul": unfolded_weight_grad,
         },
     }
+    if cin >= 16:  # F(2×2, 3×3) in PyTorch ops, kernels transformed once per batch as the engine does
+        from leanspike import winograd
+
+        kernels = winograd.kernel_transform(w)
+        out["forward"][F23] = lambda: winograd.conv3x3(x, kernels, bias, (1, 1))
+        out["dX"][F23] = lambda: winograd.conv3x3_input_grad(g, kernels, (1, 1))
     if torch._nnpack_available():
         out["forward"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(x, w, bias, one, one)
         out["dX"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(
@@ -103,12 +114,12 @@ def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     w = torch.empty(cout, cin, 3, 3)
     if cin * 9 < ms.SHALLOW_DEPTH:
         return {"forward": "unfold + matmul", "dX": "unfold + matmul", "dW": "unfold + matmul"}
-    winograd = ms._winograd(x, w, (1, 1), (1, 1))
     g = torch.empty(n, cout, size, size)
     dw = ("NNPACK, samples as channels" if ms._dw_as_conv(g, x, (1, 1))
           else "unfold + matmul" if size * size <= ms.SMALL_MAP_PIXELS else "oneDNN")
-    return {"forward": "NNPACK Winograd" if winograd else "oneDNN",
-            "dX": "NNPACK Winograd" if winograd else "oneDNN", "dW": dw}
+    kernel = ("NNPACK Winograd" if ms._winograd(x, w, (1, 1), (1, 1))
+              else F23 if ms.winograd.applies(x, w, (1, 1), (1, 1)) else "oneDNN")
+    return {"forward": kernel, "dX": kernel, "dW": dw}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,3 +12,15 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+def float64_conv_reference(conv, x, grad):
+    """``conv``'s output and gradients (input, weight, bias) for ``x`` and the output gradient
+    ``grad``, computed in float64 with PyTorch's own convolution: the reference for float32 kernels."""
+    ref_conv = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding,
+                          bias=conv.bias is not None).double()
+    ref_conv.load_state_dict(conv.state_dict())
+    xd = x.detach().double().requires_grad_(True)
+    out = ref_conv(xd)
+    params = [xd, ref_conv.weight] + ([ref_conv.bias] if conv.bias is not None else [])
+    return out, torch.autograd.grad(out, params, grad.double())

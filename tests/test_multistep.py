@@ -16,6 +16,8 @@ from leanspike.measure import SavedTensorMeter
 from leanspike.methods.ottt import online_traces
 from leanspike.multistep import supports_sequence
 
+from conftest import float64_conv_reference
+
 TOL = dict(atol=1e-10, rtol=1e-10)
 
 
@@ -201,11 +203,7 @@ def test_winograd_path_in_float32_agrees_with_the_reference_conv():
     out = Conv2dSequence.apply(x, conv.weight, conv.bias, (1, 1), (1, 1))
     g = torch.randn_like(out)
     got = torch.autograd.grad(out, [x, conv.weight, conv.bias], g)
-    ref_conv = nn.Conv2d(16, 8, 3, padding=1).double()
-    ref_conv.load_state_dict(conv.state_dict())
-    xd = x.detach().double().requires_grad_(True)
-    ref = ref_conv(xd)
-    want = torch.autograd.grad(ref, [xd, ref_conv.weight, ref_conv.bias], g.double())
+    ref, want = float64_conv_reference(conv, x, g)
     for a, b in [(out, ref)] + list(zip(got, want)):
         scale = b.abs().max()
         assert (a.double() - b).abs().max() <= 1e-4 * scale

@@ -31,6 +31,7 @@ from .compact import CompactSaved, mark_derived
 from .losses import WindowLoss
 from .multistep import NO_GRAD_CHUNK, chunk_steps, run_sequence, supports_sequence
 from .state import detach_states, reset_states
+from .winograd import KernelCache
 
 
 @dataclass
@@ -169,7 +170,7 @@ class Engine:
         loss_total = 0.0
         local_totals = [0.0] * n_blocks
         n_backward = n_updates = 0
-        with CompactSaved():
+        with CompactSaved(), KernelCache():
             for chunk in self._chunks(schedule, sequence):
                 start, stop = schedule.intervals[chunk[0]][0], schedule.intervals[chunk[-1]][1]
                 detach_states(*modules)

@@ -1,0 +1,177 @@
+"""3×3, stride-1 convolutions by Winograd's F(2×2, 3×3) algorithm, written in PyTorch ops.
+
+Why: SLTT back-propagates every step on its own, so its convolutions run one step's batch
+at a time (8 samples in the SLTT paper's event setups). On such calls NNPACK's Winograd
+kernels lose to oneDNN's direct ones, mostly because NNPACK transforms the kernels again
+at every call, and oneDNN runs at about the machine's matmul rate. F(2×2, 3×3) needs 16
+instead of 36 multiplications per 2×2 output tile: a call becomes 16 batched matrix
+products with 2.25× fewer flops, the tile transforms are a few additions over
+channels-last slices, and the transformed kernels are made once per batch
+(:class:`KernelCache`) instead of once per call. The transforms' constants are 0, ±1 and
+±½, so it rounds about like a direct convolution (relative 1e-7 in float32).
+
+Notation: ``d`` is a 4×4 input tile, ``g`` the 3×3 kernel, ``y`` the 2×2 output tile;
+``y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A``. The forward, the input gradient (the same products with
+the transposed kernels and swapped tile components) and the weight gradient (the adjoint
+of the formula in ``g``) are all here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: G of F(2×2, 3×3): the kernel transform
+_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+#: fewest input and output channels: with fewer, the transforms (∝ channels) outweigh the
+#: saved products (∝ channels²): VGG-11's 64 → 128 stage on 24×24 maps ran slower, batch 8
+MIN_CHANNELS = 128
+#: smallest output map side: on 3×3 maps the 2×2 tiles cover 4×4 (1.26× fewer flops only)
+MIN_SIDE = 6
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> bool:
+    """Whether ``x`` ``[N, C, H, W]`` through ``weight`` should run here: float32, a 3×3
+    kernel, stride 1, padding of at most 2, channels and output map big enough."""
+    return (x.dtype == torch.float32 and x.dim() == 4 and weight.dim() == 4
+            and tuple(weight.shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+            and all(0 <= p <= 2 for p in padding) and min(weight.shape[:2]) >= MIN_CHANNELS
+            and min(x.shape[2 + i] + 2 * padding[i] - 2 for i in range(2)) >= MIN_SIDE)
+
+
+class KernelCache:
+    """Context manager: while active, :func:`transformed` makes each weight's kernel
+    transform once and reuses it until the weight changes (its version counter moves).
+    The engine holds one per batch, so SLTT's T per-step calls share one transform."""
+
+    _active: list["KernelCache"] = []
+
+    def __init__(self) -> None:
+        self._kernels: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+
+    def get(self, weight: torch.Tensor) -> torch.Tensor:
+        if not weight.is_leaf:  # made anew at every call (e.g. standardised): nothing to reuse
+            return kernel_transform(weight)
+        hit = self._kernels.get(id(weight))
+        if hit is not None and hit[0] is weight and hit[1] == weight._version:
+            return hit[2]
+        kernels = kernel_transform(weight)
+        self._kernels[id(weight)] = (weight, weight._version, kernels)
+        return kernels
+
+    def __enter__(self) -> "KernelCache":
+        KernelCache._active.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        KernelCache._active.remove(self)
+        self._kernels.clear()
+
+
+def transformed(weight: torch.Tensor) -> torch.Tensor:
+    """:func:`kernel_transform` of ``weight``, from the innermost active :class:`KernelCache` if any."""
+    return KernelCache._active[-1].get(weight) if KernelCache._active else kernel_transform(weight)
+
+
+def _tiles(h_out: int, w_out: int) -> tuple[int, int]:
+    return (h_out + 1) // 2, (w_out + 1) // 2
+
+
+#: slot of each transform component: the identity, or 0 ↔ 3 swapped. Flipping a 3×3 kernel
+#: reverses G's columns, which is G with its rows 0 and 3 swapped, so a convolution with the
+#: flipped kernel is the same products with the tile components 0 and 3 swapped on both axes
+_SLOTS = {False: (0, 1, 2, 3), True: (3, 1, 2, 0)}
+
+
+def _input_transform(x: torch.Tensor, padding: tuple, th: int, tw: int, flip: bool = False) -> torch.Tensor:
+    """``Bᵀ d B`` of every 4×4 input tile (stride 2): ``[16, N·th·tw, C]``, component (i, j) of
+    the row transform i and the column transform j at position j·4 + i (slots swapped if ``flip``)."""
+    n, c, h, w = x.shape
+    ph, pw = padding
+    s = _SLOTS[flip]
+    xp = x.new_zeros(n, 2 * th + 2, 2 * tw + 2, c)  # channels-last, zero-padded to whole tiles
+    xp[:, ph:ph + h, pw:pw + w].copy_(x.permute(0, 2, 3, 1))
+    even, odd = xp[:, 0::2], xp[:, 1::2]  # rows 2r and 2r + 1, th + 1 of each
+    rows = x.new_empty(4, n, th, 2 * tw + 2, c)  # Bᵀ d: d0 - d2, d1 + d2, d2 - d1, d1 - d3
+    torch.sub(even[:, :th], even[:, 1:], out=rows[s[0]])
+    torch.add(odd[:, :th], even[:, 1:], out=rows[s[1]])
+    torch.sub(even[:, 1:], odd[:, :th], out=rows[s[2]])
+    torch.sub(odd[:, :th], odd[:, 1:], out=rows[s[3]])
+    even, odd = rows[:, :, :, 0::2], rows[:, :, :, 1::2]
+    tiles = x.new_empty(4, 4, n, th, tw, c)  # (Bᵀ d) B, the same on columns
+    torch.sub(even[:, :, :, :tw], even[:, :, :, 1:], out=tiles[s[0]])
+    torch.add(odd[:, :, :, :tw], even[:, :, :, 1:], out=tiles[s[1]])
+    torch.sub(even[:, :, :, 1:], odd[:, :, :, :tw], out=tiles[s[2]])
+    torch.sub(odd[:, :, :, :tw], odd[:, :, :, 1:], out=tiles[s[3]])
+    return tiles.view(16, n * th * tw, c)
+
+
+def _kernel_matrix(like: torch.Tensor) -> torch.Tensor:
+    """``K[j·4 + i, k·3 + l] = G[i, k]·G[j, l]``: ``G g Gᵀ`` of a flattened kernel, as one matrix."""
+    g = like.new_tensor(_G)
+    return torch.einsum("ik,jl->jikl", g, g).reshape(16, 9)
+
+
+def kernel_transform(weight: torch.Tensor) -> torch.Tensor:
+    """``G g Gᵀ`` of every 3×3 kernel of ``weight`` ``[O, C, 3, 3]``: ``[16, C, O]`` (a
+    transposed view). Depends only on the weights, so callers may keep it while they are unchanged."""
+    o, c = weight.shape[:2]
+    u = _kernel_matrix(weight) @ weight.detach().reshape(o * c, 9).t()  # [16, O·C]
+    return u.view(16, o, c).transpose(1, 2)
+
+
+def _output_transform(m: torch.Tensor, n: int, th: int, tw: int, h_out: int, w_out: int,
+                      flip: bool = False) -> torch.Tensor:
+    """``Aᵀ m A`` of every tile's product ``m`` ``[16, N·th·tw, O]``: the output ``[N, O, H, W]``."""
+    o = m.shape[-1]
+    s = _SLOTS[flip]
+    m = m.view(4, 4, n * th * tw, o)  # [j, i, tile, O]
+    half = m[:, s[1]] + m[:, s[2]]
+    rows = torch.stack((half + m[:, s[0]], m[:, s[1]] - m[:, s[2]] - m[:, s[3]]))  # [r, j, tile, O]: Aᵀ m
+    half = rows[:, s[1]] + rows[:, s[2]]
+    y = m.new_empty(n, th, 2, tw, 2, o)
+    cols = y.permute(4, 2, 0, 1, 3, 5)  # [c, r, N, th, tw, O]
+    shape = (2, n, th, tw, o)
+    torch.add(half.view(shape), rows[:, s[0]].view(shape), out=cols[0])
+    torch.sub((rows[:, s[1]] - rows[:, s[2]]).view(shape), rows[:, s[3]].view(shape), out=cols[1])
+    return y.view(n, 2 * th, 2 * tw, o)[:, :h_out, :w_out].permute(0, 3, 1, 2).contiguous()
+
+
+def conv3x3(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None, padding: tuple) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, 1, padding)`` for a 3×3 ``weight`` given as
+    ``kernels = kernel_transform(weight)`` (see :func:`applies`)."""
+    n, _, h, w = x.shape
+    h_out, w_out = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
+    th, tw = _tiles(h_out, w_out)
+    m = torch.bmm(_input_transform(x, padding, th, tw), kernels)
+    y = _output_transform(m, n, th, tw, h_out, w_out)
+    return y if bias is None else y.add_(bias.view(1, -1, 1, 1))
+
+
+def conv3x3_input_grad(grad: torch.Tensor, kernels: torch.Tensor, padding: tuple) -> torch.Tensor:
+    """``dL/dx`` of :func:`conv3x3`: the output gradient convolved with the flipped, transposed
+    kernel, from the same ``kernels`` (its tile components 0 and 3 swapped, see :data:`_SLOTS`)."""
+    n, _, h, w = grad.shape
+    pad = (2 - padding[0], 2 - padding[1])
+    h_out, w_out = h + 2 * pad[0] - 2, w + 2 * pad[1] - 2
+    th, tw = _tiles(h_out, w_out)
+    m = torch.bmm(_input_transform(grad, pad, th, tw, flip=True), kernels.transpose(1, 2))
+    return _output_transform(m, n, th, tw, h_out, w_out, flip=True)
+
+
+def conv3x3_weight_grad(grad: torch.Tensor, x: torch.Tensor, padding: tuple) -> torch.Tensor:
+    """``dL/dW`` of :func:`conv3x3`: ``Gᵀ [Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)] G`` as 16 matrix
+    products over the tiles (the adjoint of the forward in the kernel)."""
+    n, o, h_out, w_out = grad.shape
+    th, tw = _tiles(h_out, w_out)
+    tiles = _input_transform(x, padding, th, tw)  # [16, P, C]
+    gp = grad.new_zeros(n, 2 * th, 2 * tw, o)  # the output gradient, channels-last, whole tiles
+    gp[:, :h_out, :w_out].copy_(grad.permute(0, 2, 3, 1))
+    g = gp.view(n, th, 2, tw, 2, o)
+    rows = torch.stack((g[:, :, 0], g[:, :, 0] + g[:, :, 1], g[:, :, 0] - g[:, :, 1], -g[:, :, 1]))  # A dy
+    a, b = rows[..., 0, :], rows[..., 1, :]  # [i, N, th, tw, O]
+    dm = torch.stack((a, a + b, a - b, -b)).view(16, n * th * tw, o)  # (A dy) Aᵀ, position j·4 + i
+    du = torch.bmm(tiles.transpose(1, 2), dm)  # [16, C, O]
+    c = x.shape[1]
+    dw = _kernel_matrix(grad).t() @ du.transpose(1, 2).reshape(16, o * c)  # Gᵀ du G, [9, O·C]
+    return dw.t().reshape(o, c, 3, 3)

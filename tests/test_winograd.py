@@ -1,0 +1,127 @@
+"""F(2×2, 3×3) convolutions (leanspike.winograd): forward, input gradient and weight gradient
+against PyTorch's own convolution and its autograd, in float64; the float32 path the engine
+takes, against a float64 reference; and the per-batch kernel cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leanspike import LIF, SLTT
+from leanspike import winograd
+from leanspike.layers import StepBatchNorm2d
+from leanspike.multistep import Conv2dSequence
+
+from conftest import float64_conv_reference
+
+
+@pytest.mark.parametrize("shape,padding", [
+    ((2, 3, 4, 5, 5), (1, 1)),   # odd map: the last tile row and column are cut
+    ((2, 3, 4, 6, 7), (1, 1)),
+    ((1, 2, 3, 3, 3), (0, 0)),   # one output pixel
+    ((2, 3, 2, 4, 5), (2, 2)),   # full padding: the output grows
+    ((3, 5, 4, 1, 1), (1, 1)),   # 1×1 map
+    ((2, 3, 4, 7, 4), (0, 1)),   # different padding per axis
+    ((2, 3, 4, 6, 6), (2, 0)),
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_and_both_gradients_equal_the_convolution(shape, padding, bias):
+    torch.manual_seed(0)
+    n, c, o, h, w = shape
+    x = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(o, c, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(o, dtype=torch.float64) if bias else None
+    ref = F.conv2d(x, weight, b, 1, padding)
+    g = torch.randn_like(ref)
+    want_x, want_w = torch.autograd.grad(ref, (x, weight), g)
+
+    kernels = winograd.kernel_transform(weight)
+    torch.testing.assert_close(winograd.conv3x3(x.detach(), kernels, b, padding), ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(winograd.conv3x3_input_grad(g, kernels, padding), want_x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(winograd.conv3x3_weight_grad(g, x.detach(), padding), want_w, rtol=1e-12, atol=1e-12)
+
+
+def test_applies_only_where_it_was_measured_to_pay():
+    w = torch.zeros(128, 128, 3, 3)
+    x = torch.zeros(8, 128, 6, 6)
+    assert winograd.applies(x, w, (1, 1), (1, 1))
+    assert not winograd.applies(x.double(), w.double(), (1, 1), (1, 1))  # float64 keeps oneDNN
+    assert not winograd.applies(x, w, (2, 2), (1, 1))  # stride
+    assert not winograd.applies(x, torch.zeros(128, 128, 5, 5), (1, 1), (2, 2))  # kernel size
+    assert not winograd.applies(torch.zeros(8, 64, 6, 6), torch.zeros(128, 64, 3, 3), (1, 1), (1, 1))  # channels
+    assert not winograd.applies(torch.zeros(8, 128, 3, 3), w, (1, 1), (1, 1))  # map under MIN_SIDE
+
+
+def _count_calls(monkeypatch, name: str) -> list[int]:
+    """Replace ``winograd.<name>`` by a wrapper that records each call."""
+    calls: list[int] = []
+    original = getattr(winograd, name)
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(winograd, name, counted)
+    return calls
+
+
+def test_float32_conv_sequence_takes_it_and_keeps_the_gradients(monkeypatch):
+    """A batch-8, 128-channel 6×6 call in float32 runs F(2×2, 3×3): output and all three
+    gradients match a float64 reference within float32 rounding."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 128, 3, padding=1)
+    x = (torch.rand(8, 128, 6, 6) < 0.3).float().requires_grad_(True)
+    assert winograd.applies(x, conv.weight, (1, 1), (1, 1))
+    calls = _count_calls(monkeypatch, "conv3x3")
+    out = Conv2dSequence.apply(x, conv.weight, conv.bias, (1, 1), (1, 1))
+    assert calls
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, conv.weight, conv.bias], g)
+    ref, want = float64_conv_reference(conv, x, g)
+    for a, b in [(out, ref)] + list(zip(got, want)):
+        assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+def test_cache_reuses_a_transform_until_the_weight_changes():
+    weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+    with winograd.KernelCache():
+        first = winograd.transformed(weight)
+        assert winograd.transformed(weight) is first
+        with torch.no_grad():
+            weight.mul_(2.0)  # an optimizer step
+        second = winograd.transformed(weight)
+        assert second is not first
+        torch.testing.assert_close(second, 2.0 * first)
+        derived = weight * 1.0  # not a leaf: made anew at each call, never kept
+        assert winograd.transformed(derived) is not winograd.transformed(derived)
+    assert winograd.transformed(weight) is not second  # outside any cache: made per call
+    assert not winograd.KernelCache._active
+
+
+def test_sltt_gradients_in_float32_match_float64_through_the_winograd_path(monkeypatch):
+    """SLTT on a net whose second convolution qualifies (batch 4 per step, 128 channels, 6×6):
+    its float32 gradients are the float64 ones (oneDNN, no Winograd) within float32 rounding.
+    No neuron fires after that convolution, so rounding cannot flip a spike downstream of it."""
+    torch.manual_seed(0)
+
+    def net():
+        return nn.Sequential(nn.Conv2d(2, 128, 3, padding=1, bias=False), StepBatchNorm2d(128), LIF(),
+                             nn.Conv2d(128, 128, 3, padding=1, bias=False), StepBatchNorm2d(128),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 5))
+
+    model = net()
+    model64 = net().double()
+    model64.load_state_dict(model.state_dict())
+    x = (torch.rand(3, 4, 2, 6, 6) < 0.4).float()
+    y = torch.randint(0, 5, (4,))
+    calls = _count_calls(monkeypatch, "conv3x3_input_grad")
+    got = SLTT().compute_gradients(model, x, y)
+    assert len(calls) == 3  # one backward per step through the 128-channel convolution
+    want = SLTT().compute_gradients(model64, x.double(), y)
+    assert got.keys() == want.keys()
+    for name in want:
+        scale = want[name].abs().max()
+        assert scale > 0, name
+        assert (got[name].double() - want[name]).abs().max() <= 1e-5 * scale, name
