@@ -95,6 +95,7 @@ def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Ca
         kernels = winograd.kernel_transform(w)
         out["forward"][F23] = lambda: winograd.conv3x3(x, kernels, bias, (1, 1))
         out["dX"][F23] = lambda: winograd.conv3x3_input_grad(g, kernels, (1, 1))
+        out["dW"][F23] = lambda: winograd.conv3x3_weight_grad(g, x, (1, 1))
     if torch._nnpack_available():
         out["forward"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(x, w, bias, one, one)
         out["dX"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(
