@@ -109,7 +109,7 @@ def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Ca
 
 def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     """The kernel ``leanspike.multistep`` runs for each pass of this call."""
-    from leanspike import multistep as ms
+    from leanspike import multistep as ms, winograd
 
     x = torch.empty(n, cin, size, size)
     w = torch.empty(cout, cin, 3, 3)
@@ -119,7 +119,7 @@ def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     dw = ("NNPACK, samples as channels" if ms._dw_as_conv(g, x, (1, 1))
           else "unfold + matmul" if size * size <= ms.SMALL_MAP_PIXELS else "oneDNN")
     kernel = ("NNPACK Winograd" if ms._winograd(x, w, (1, 1), (1, 1))
-              else F23 if ms.winograd.applies(x, w, (1, 1), (1, 1)) else "oneDNN")
+              else F23 if winograd.applies(x, w, (1, 1), (1, 1)) else "oneDNN")
     return {"forward": kernel, "dX": kernel, "dW": dw}
 
 
