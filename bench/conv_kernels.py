@@ -34,6 +34,8 @@ LAYERS = [(2, 64, 48), (64, 128, 24), (128, 256, 12), (256, 256, 12), (256, 512,
           (512, 512, 3), (512, 512, 3)]
 FIRING = 0.2
 CL = torch.channels_last
+#: (channels, map size) entering VGG-11's 2×2 average poolings (after dropout: 0 or 1/0.7)
+POOLS = [(64, 48), (128, 24), (256, 12), (512, 6), (512, 3)]
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -123,6 +125,35 @@ def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     return {"forward": kernel, "dX": kernel, "dW": dw}
 
 
+def pool_rows(batches: list[int], repeats: int) -> list[dict]:
+    """PyTorch's ``avg_pool2d`` against :mod:`leanspike.pooling` on VGG-11's pooling stages;
+    checks that both give the same bits."""
+    from leanspike import pooling
+
+    args = ([2, 2], [2, 2], [0, 0], False, True, None)
+    rows = []
+    for n in batches:
+        for channels, size in POOLS:
+            x = (torch.rand(n, channels, size, size) < FIRING).float() / 0.7
+            g = torch.randn(n, channels, size // 2, size // 2)
+            if not (torch.equal(pooling.window_average(x, args), F.avg_pool2d(x, *args)) and torch.equal(
+                    pooling.window_average_backward(g, x.shape, args),
+                    torch.ops.aten.avg_pool2d_backward(g, x, *args))):
+                raise RuntimeError(f"leanspike.pooling differs from avg_pool2d on {tuple(x.shape)}")
+            calls = {
+                ("forward", "avg_pool2d"): lambda: F.avg_pool2d(x, *args),
+                ("forward", "leanspike.pooling"): lambda: pooling.window_average(x, args),
+                ("dX", "avg_pool2d"): lambda: torch.ops.aten.avg_pool2d_backward(g, x, *args),
+                ("dX", "leanspike.pooling"): lambda: pooling.window_average_backward(g, x.shape, args),
+            }
+            times = {key: _median_ms(fn, repeats) for key, fn in calls.items()}
+            for pass_ in ("forward", "dX"):
+                rows.append({"batch": n, "channels": channels, "size": size, "pass": pass_,
+                             "avg_pool2d_ms": times[pass_, "avg_pool2d"],
+                             "leanspike_ms": times[pass_, "leanspike.pooling"]})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", default="8,16,48", help="comma-separated numbers of samples per call")
@@ -164,12 +195,21 @@ def main(argv: list[str] | None = None) -> int:
         summary.append({"batch": n, "leanspike_ms": lean, "fastest_ms": fast})
         print(f"batch {n}: leanspike's kernels {lean:.1f} ms for all passes of all layers; "
               f"the fastest per pass {fast:.1f} ms ({lean / fast:.2f}×)")
+    pools = pool_rows([int(b) for b in args.batches.split(",")], args.repeats)
+    pool_lines = ["| batch | pooling | pass | avg_pool2d ms | leanspike.pooling ms | ratio |", "|---:|---|---|---:|---:|---:|"]
+    for r in pools:
+        pool_lines.append(f"| {r['batch']} | {r['channels']} × {r['size']}×{r['size']} | {r['pass']} | "
+                          f"{r['avg_pool2d_ms']:.2f} | {r['leanspike_ms']:.2f} | "
+                          f"{r['leanspike_ms'] / r['avg_pool2d_ms']:.2f} |")
+    print()
+    print("\n".join(pool_lines))
     from leanspike.experiments.logs import write_json
 
     write_json(Path(args.out), {
         "command": "python bench/conv_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
-        "python": platform.python_version(), "rows": rows, "summary": summary, "table": "\n".join(lines)})
+        "python": platform.python_version(), "rows": rows, "summary": summary, "table": "\n".join(lines),
+        "pool_rows": pools, "pool_table": "\n".join(pool_lines)})
     print(f"wrote {args.out}")
     return 0
 

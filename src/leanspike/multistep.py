@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import winograd
+from . import pooling, winograd
 from .compact import mark_derived
 from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, _StepBatchNorm, step_norm_backward, step_norm_forward
 from .neuron import LIF
@@ -403,23 +403,6 @@ def _conv2d(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ pooling
-class _AvgPool2d(torch.autograd.Function):
-    """``avg_pool2d`` whose backward keeps only the input's shape (the kernel needs no values)."""
-
-    @staticmethod
-    def forward(ctx, x, args: tuple):  # type: ignore[override]
-        ctx.args, ctx.shape = args, x.shape
-        return F.avg_pool2d(x, *args)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        kernel, stride, padding, ceil_mode, count_include_pad, divisor = ctx.args
-        shape_only = grad.new_zeros(()).expand(ctx.shape)
-        return torch.ops.aten.avg_pool2d_backward(grad.contiguous(), shape_only, kernel, stride, padding, ceil_mode,
-                                                  count_include_pad, divisor), None
-
-
 def _pair(v) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v)
 
@@ -427,9 +410,7 @@ def _pair(v) -> list[int]:
 def _avg_pool2d(m: nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor:
     args = (_pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding),
             m.ceil_mode, m.count_include_pad, m.divisor_override)
-    if x.dim() == 4 and torch.is_grad_enabled() and x.requires_grad:
-        return _AvgPool2d.apply(x, args)
-    return F.avg_pool2d(x, *args)
+    return pooling.avg_pool2d(x, args)
 
 
 def _repeat_cells(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
