@@ -3,8 +3,8 @@
 VGG-style SNNs pool 2×2 windows with stride 2 on every stage. PyTorch's CPU
 ``avg_pool2d`` kernel walks each window with scalar loops, while the same average is
 ``kh·kw`` additions of strided views, which run vectorised: on VGG-11's stages with 48
-samples, 2 threads, 0.3-0.4× the time forward and 0.35-0.5× backward
-(``bench/conv_kernels.py --pool``). The additions go in the kernel's order (row by row,
+samples, 2 threads, about 0.4× the time forward and 0.3-0.7× backward (the pooling table
+of ``bench/conv_kernels.py``). The additions go in the kernel's order (row by row,
 then one division), so the result is bit for bit ``avg_pool2d``'s, and so is the gradient.
 Other poolings (overlapping or padded windows, partial windows from ``ceil_mode``) keep
 PyTorch's kernels.
