@@ -57,9 +57,10 @@ def test_other_poolings_keep_pytorch_kernel(args):
     assert torch.equal(g_new, g_ref)
 
 
-def test_small_tensors_keep_pytorch_kernel():
+def test_small_tensors_and_half_types_keep_pytorch_kernel():
     args = ([2, 2], [2, 2], [0, 0], False, True, None)
     assert not pooling.tiles(torch.zeros(8, 512, 3, 3), args)
+    assert not pooling.tiles(torch.zeros(8, 512, 6, 6, dtype=torch.bfloat16), args)  # kernel sums in float32
     assert pooling.tiles(torch.zeros(8, 512, 6, 6), args)
 
 
