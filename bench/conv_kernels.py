@@ -6,8 +6,7 @@
 leanspike picks a kernel per call by size (``leanspike.multistep``): NNPACK's Winograd for
 the forward and input gradient of big stride-1 calls, F(2×2, 3×3) in PyTorch ops with the
 kernels transformed once per batch (``leanspike.winograd``) for those of small-batch calls
-with ≥ 128 channels on maps of ≥ 6×6, the whole map as one F(m×m, 3×3) tile for calls of
-≥ 16 samples on 2×2 to 4×4 maps (``leanspike.winograd_map``), NNPACK for big calls' weight gradient on
+with ≥ 128 channels on maps of ≥ 6×6, NNPACK for big calls' weight gradient on
 6-16 pixel maps (the input's samples taken as channels), a matrix product over the unfolded
 input for the few-channel first layer and for weight gradients on tiny maps, oneDNN otherwise. This benchmark shows the evidence
 behind those thresholds: for every 3×3 convolution of the SLTT paper's VGG-11 on 48×48 event
@@ -50,7 +49,6 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-WHOLE_MAP = "F(mxm,3x3), whole map, cached kernels"
 F23 = "F(2x2,3x3), cached kernels"
 
 
@@ -100,12 +98,6 @@ def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Ca
         out["forward"][F23] = lambda: winograd.conv3x3(x, kernels, bias, (1, 1))
         out["dX"][F23] = lambda: winograd.conv3x3_input_grad(g, kernels, (1, 1))
         out["dW"][F23] = lambda: winograd.conv3x3_weight_grad(g, x, (1, 1))
-    if cin >= 16 and size <= 4:  # the whole (padded) map as one F(m×m, 3×3) tile
-        from leanspike import winograd_map
-
-        map_kernels = winograd_map.kernel_transform(w, (size, size))
-        out["forward"][WHOLE_MAP] = lambda: winograd_map.conv3x3(x, map_kernels, bias, (1, 1))
-        out["dX"][WHOLE_MAP] = lambda: winograd_map.conv3x3_input_grad(g, map_kernels, (1, 1), (size, size))
     if torch._nnpack_available():
         out["forward"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(x, w, bias, one, one)
         out["dX"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(
@@ -119,7 +111,7 @@ def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Ca
 
 def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     """The kernel ``leanspike.multistep`` runs for each pass of this call."""
-    from leanspike import multistep as ms, winograd, winograd_map
+    from leanspike import multistep as ms, winograd
 
     x = torch.empty(n, cin, size, size)
     w = torch.empty(cout, cin, 3, 3)
@@ -129,7 +121,6 @@ def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     dw = ("NNPACK, samples as channels" if ms._dw_as_conv(g, x, (1, 1))
           else "unfold + matmul" if size * size <= ms.SMALL_MAP_PIXELS else "oneDNN")
     kernel = ("NNPACK Winograd" if ms._winograd(x, w, (1, 1), (1, 1))
-              else WHOLE_MAP if winograd_map.applies(x, w, (1, 1), (1, 1))
               else F23 if winograd.applies(x, w, (1, 1), (1, 1)) else "oneDNN")
     return {"forward": kernel, "dX": kernel, "dW": dw}
 

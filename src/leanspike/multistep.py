@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import pooling, winograd, winograd_map
+from . import pooling, winograd
 from .compact import mark_derived
-from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, _StepBatchNorm, step_norm_forward
+from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, _StepBatchNorm, step_norm_backward, step_norm_forward
 from .neuron import LIF
 
 _BN_FORWARD = nn.modules.batchnorm._BatchNorm.forward
@@ -331,25 +331,19 @@ def _weight_grad_as_conv(grad: torch.Tensor, x: torch.Tensor, padding: tuple) ->
 class Conv2dSequence(torch.autograd.Function):
     """A plain ``Conv2d`` over ``[t·B, C, H, W]`` that picks its kernels by size (see
     :func:`_winograd`): NNPACK for the forward and for the input gradient (the forward conv
-    of the output gradient with the flipped kernel) of big stride-1 calls, the whole map as
-    one F(m×m, 3×3) tile (:mod:`leanspike.winograd_map`) for 3×3 ones on 2×2 to 4×4 maps,
-    F(2×2, 3×3) in PyTorch ops (:mod:`leanspike.winograd`) for small-batch 3×3 ones on
-    larger maps, oneDNN otherwise;
+    of the output gradient with the flipped kernel) of big stride-1 calls, F(2×2, 3×3) in
+    PyTorch ops (:mod:`leanspike.winograd`) for small-batch 3×3 ones, oneDNN otherwise;
     the weight gradient of big stride-1 calls by NNPACK too (:func:`_weight_grad_as_conv`),
     else by oneDNN, or on maps of at most :data:`SMALL_MAP_PIXELS` pixels as one matrix
     product. Saves what ``F.conv2d`` saves (input and weight)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride: tuple, padding: tuple):  # type: ignore[override]
-        ctx.kernels, ctx.whole_map = None, False
+        ctx.kernels = None
         if weight[0].numel() < SHALLOW_DEPTH:  # few input channels (the first layer): unfold + matmul
             out = _conv_step(x, weight, bias, (stride, padding, (1, 1), 1))
         elif _winograd(x, weight, stride, padding):
             out = torch.ops.aten._nnpack_spatial_convolution(x, weight, bias, list(padding), list(stride))
-        elif winograd_map.applies(x, weight, stride, padding):  # tiny maps: the whole map is one tile
-            ctx.kernels = winograd_map.transformed(weight, winograd_map.output_sides(x, padding))
-            out = winograd_map.conv3x3(x, ctx.kernels, bias, padding)
-            ctx.whole_map = True
         elif winograd.applies(x, weight, stride, padding):  # small batches (SLTT's steps)
             # the transformed kernels derive from the weight alone (like the weight, not counted
             # as a saved activation); the input gradient reuses them
@@ -372,9 +366,7 @@ class Conv2dSequence(torch.autograd.Function):
         if weight[0].numel() < SHALLOW_DEPTH:  # as the forward ran it
             return (*_conv_step_backward(grad, x, weight, ctx.has_bias, (stride, padding, (1, 1), 1), list(need[:3])),
                     None, None)
-        if need[0] and ctx.whole_map:
-            grad_x = winograd_map.conv3x3_input_grad(grad, ctx.kernels, padding, tuple(x.shape[2:]))
-        elif need[0] and ctx.kernels is not None:
+        if need[0] and ctx.kernels is not None:
             grad_x = winograd.conv3x3_input_grad(grad, ctx.kernels, padding)
         elif need[0]:
             k = weight.shape[2:]

@@ -18,8 +18,6 @@ of the formula in ``g``) are all here.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 #: G of F(2×2, 3×3): the kernel transform
@@ -42,25 +40,23 @@ def applies(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple
 
 
 class KernelCache:
-    """Context manager: while active, :func:`cached` makes each weight's kernel transform
-    once and reuses it until the weight changes (its version counter moves). The engine
-    holds one per batch, so SLTT's T per-step calls share one transform."""
+    """Context manager: while active, :func:`transformed` makes each weight's kernel
+    transform once and reuses it until the weight changes (its version counter moves).
+    The engine holds one per batch, so SLTT's T per-step calls share one transform."""
 
     _active: list["KernelCache"] = []
 
     def __init__(self) -> None:
-        self._kernels: dict[tuple, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._kernels: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
 
-    def get(self, weight: torch.Tensor, key: tuple, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``make(weight)``, kept under ``key`` (which names the transform) while ``weight`` is unchanged."""
+    def get(self, weight: torch.Tensor) -> torch.Tensor:
         if not weight.is_leaf:  # made anew at every call (e.g. standardised): nothing to reuse
-            return make(weight)
-        slot = (id(weight), *key)
-        hit = self._kernels.get(slot)
+            return kernel_transform(weight)
+        hit = self._kernels.get(id(weight))
         if hit is not None and hit[0] is weight and hit[1] == weight._version:
             return hit[2]
-        kernels = make(weight)
-        self._kernels[slot] = (weight, weight._version, kernels)
+        kernels = kernel_transform(weight)
+        self._kernels[id(weight)] = (weight, weight._version, kernels)
         return kernels
 
     def __enter__(self) -> "KernelCache":
@@ -72,14 +68,9 @@ class KernelCache:
         self._kernels.clear()
 
 
-def cached(weight: torch.Tensor, key: tuple, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``make(weight)`` from the innermost active :class:`KernelCache` (kept under ``key``), else made now."""
-    return KernelCache._active[-1].get(weight, key, make) if KernelCache._active else make(weight)
-
-
 def transformed(weight: torch.Tensor) -> torch.Tensor:
-    """:func:`kernel_transform` of ``weight``, made once per batch while a :class:`KernelCache` is active."""
-    return cached(weight, ("tiles",), kernel_transform)
+    """:func:`kernel_transform` of ``weight``, from the innermost active :class:`KernelCache` if any."""
+    return KernelCache._active[-1].get(weight) if KernelCache._active else kernel_transform(weight)
 
 
 def _tiles(h_out: int, w_out: int) -> tuple[int, int]:
