@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 
 from . import pooling, winograd
 from .compact import mark_derived
-from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, _StepBatchNorm, step_norm_backward, step_norm_forward
+from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, _StepBatchNorm, step_norm_forward
 from .neuron import LIF
 
 _BN_FORWARD = nn.modules.batchnorm._BatchNorm.forward
