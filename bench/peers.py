@@ -13,8 +13,12 @@ Model: the SLTT paper's VGG-11 with per-step batch norm and per-sequence dropout
 (``build_model("vgg11", in_channels=2, num_classes=10, input_size=48)``), built with
 the same layers and the same initial weights in every library, on ``[T, 8, 2, 48, 48]``
 binary event frames. Neurons: LIF with decay 0.5 (τ = 2), V_th = 1, subtractive (soft)
-reset, sigmoid surrogate with α = 4. Loss: the mean over t of per-step cross-entropy.
-Optimiser: SGD with momentum 0.9, one step per iteration.
+reset, sigmoid surrogate with α = 4 — snnTorch's ``Leaky`` subtracts V_th without the decay
+and detaches its reset, which it cannot be told otherwise: slightly different dynamics at the
+same cost. Loss: the mean over t of per-step cross-entropy. Optimiser: SGD with momentum
+0.9, one step per iteration. ``tests/test_peers_agree.py`` proves on a small net built by
+this file's converters that SpikingJelly's BPTT and SLTT setups give leanspike's BPTT and
+SLTT gradients, and snnTorch's gives leanspike's BPTT with snnTorch's reset.
 
 Reported per setup: the median seconds per training iteration after warm-up (the
 minimum over rounds of those medians: other jobs on a shared machine only ever add
@@ -172,7 +176,9 @@ class _SequenceDropout(nn.Module):
 
 
 def snntorch_model(reference: nn.Sequential) -> nn.Sequential:
-    """snnTorch's Leaky (β = 0.5, subtractive reset, sigmoid slope 4) in the same VGG-11."""
+    """snnTorch's Leaky (β = 0.5, subtractive reset, sigmoid slope 4) in the same VGG-11. Its
+    reset subtracts V_th undecayed and is detached: leanspike's ``reset="soft-unleaked",
+    detach_reset=True`` (tests/test_peers_agree.py)."""
     import snntorch
     from snntorch import surrogate
 
