@@ -64,27 +64,28 @@ def _assert_same(got: list[torch.Tensor], want: list[torch.Tensor], tolerance: f
         assert (a - b).abs().max() <= tolerance * scale
 
 
-def test_spikingjelly_bptt_gives_leanspikes_bptt_gradients():
+def _spikingjelly(mode: str) -> tuple[nn.Sequential, nn.Module]:
+    """The reference net and its SpikingJelly twin for ``mode`` (see ``peers.spikingjelly_model``), reset."""
     pytest.importorskip("spikingjelly.activation_based")
     from spikingjelly.activation_based import functional
 
     reference = _reference()
-    peer = peers.spikingjelly_model(reference, "bptt").double()
-    x, y = _data()
+    peer = peers.spikingjelly_model(reference, mode).double()
     functional.reset_net(peer)
+    return reference, peer
+
+
+def test_spikingjelly_bptt_gives_leanspikes_bptt_gradients():
+    reference, peer = _spikingjelly("bptt")
+    x, y = _data()
     out = peer(x)
     F.cross_entropy(out.flatten(0, 1), y.repeat(T)).backward()
     _assert_same([p.grad for p in peer.parameters()], _leanspike(BPTT(), reference, x, y))
 
 
 def test_spikingjelly_sltt_loop_gives_leanspikes_sltt_gradients():
-    pytest.importorskip("spikingjelly.activation_based")
-    from spikingjelly.activation_based import functional
-
-    reference = _reference()
-    peer = peers.spikingjelly_model(reference, "sltt").double()
+    reference, peer = _spikingjelly("sltt")
     x, y = _data()
-    functional.reset_net(peer)
     for t in range(T):
         (F.cross_entropy(peer(x[t]), y) / T).backward()
     got = [p.grad for p in peer.parameters()]
