@@ -1,10 +1,10 @@
-"""leanspike's gradients against SpikingJelly's and snnTorch's own code, in float64.
+"""leanspike's gradients against SpikingJelly's (float64) and snnTorch's (float32) own code.
 
 The benchmark (bench/peers.py) times the same network in three libraries; these tests prove
 that the setups compute the same gradients, so the times compare like with like — and they
-check leanspike's BPTT and SLTT against independent implementations. The peers are optional
-(the ``bench`` extra and ``pip install --no-deps spikingjelly==2.0.0``): each test is skipped
-where its library is missing.
+check leanspike's BPTT and SLTT against independent implementations. The test set-up
+(scripts/bootstrap.sh) installs both peers; elsewhere each test is skipped where its library
+is missing.
 
 - SpikingJelly BPTT (multi-step ``LIFNode``, BN per step) = leanspike ``BPTT``;
 - SpikingJelly's ``SLTTLIFNode`` in its online loop (backward at every step) = leanspike ``SLTT``;
