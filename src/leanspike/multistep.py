@@ -123,7 +123,10 @@ def _conv_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     over the unfolded input (oneDNN pads few input channels to a whole block in the default
     layout, so 2 channels cost like 16, and its channels-last result needs a copy back: both
     cost more than the product, which writes the output in place). Grouped convs keep oneDNN,
-    channels-last. ``cols``: ``x`` already unfolded."""
+    channels-last. ``cols``: ``x`` already unfolded. Off the CPU (cuDNN), the plain conv: unfold
+    there launches one kernel per sample."""
+    if x.device.type != "cpu":
+        return F.conv2d(x, weight, bias, *conf)
     if conf[3] != 1:
         cl = torch.channels_last
         z = F.conv2d(x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl), bias, *conf)
@@ -146,6 +149,10 @@ def _conv_step_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
                         mask: list[bool], cols: torch.Tensor | None = None) -> tuple:
     """``(dx, dW, db)`` of :func:`_conv_step` for the outputs ``mask`` asks for."""
     stride, padding, dilation, groups = conf
+    if x.device.type != "cpu":
+        return torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation),
+            False, [0, 0], groups, [mask[0], mask[1], has_bias and mask[2]])
     if groups != 1:
         cl = torch.channels_last
         return torch.ops.aten.convolution_backward(
@@ -191,7 +198,7 @@ class InputConvNorm(torch.autograd.Function):
         rows = mean.new_empty((2, x.shape[0], mean.shape[1]))
         grads = [None, None]
         for t in range(x.shape[0]):
-            cols = _unfold(x[t], weight, ctx.conf) if ctx.conf[3] == 1 else None
+            cols = _unfold(x[t], weight, ctx.conf) if ctx.conf[3] == 1 and x.device.type == "cpu" else None
             z = _conv_step(x[t], weight, bias, ctx.conf, cols)
             gz, gw, gb = torch.ops.aten.native_batch_norm_backward(
                 grad[t], z, bn_weight, None, None, mean[t], invstd[t], True, ctx.eps, mask)
