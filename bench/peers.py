@@ -3,6 +3,8 @@
     python bench/peers.py                       # T = 2, 4, 6, 10; every setup; 2 threads
     python bench/peers.py --Ts 6 --rounds 3     # one T, three rounds (min of the medians)
     python bench/peers.py --device cuda         # the same on a GPU (writes peers_cuda.json)
+    python bench/peers.py --device cuda --batch 128 --out bench/results/peers_cuda_b128.json
+                                                # the SLTT paper's batch size (the targets assume 8)
 
 The peers come from the optional ``bench`` extra (``pip install -e .[bench]`` and
 ``pip install --no-deps spikingjelly==2.0.0``); a setup whose library is missing is
@@ -331,12 +333,12 @@ def _release_free_memory() -> None:
         pass
 
 
-def worker(setup: str, T: int, warmup: int, iterations: int, device: torch.device) -> dict:
+def worker(setup: str, T: int, warmup: int, iterations: int, device: torch.device, batch: int = BATCH) -> dict:
     from leanspike.measure import SavedTensorMeter, current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
     torch.manual_seed(0)
-    x = (torch.rand(T, BATCH, CHANNELS, SIZE, SIZE) < FIRING).float().to(device)
-    y = torch.randint(0, CLASSES, (BATCH,)).to(device)
+    x = (torch.rand(T, batch, CHANNELS, SIZE, SIZE) < FIRING).float().to(device)
+    y = torch.randint(0, CLASSES, (batch,)).to(device)
     model, iteration, graphs = make_iteration(setup, T, x, y)
     for _ in range(warmup):
         iteration()
@@ -377,7 +379,8 @@ def available(library: str) -> bool:
 def run_worker(setup: str, T: int, args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--worker", setup, "--T", str(T), "--threads", str(args.threads),
-           "--warmup", str(args.warmup), "--iterations", str(args.iterations), "--device", args.device]
+           "--warmup", str(args.warmup), "--iterations", str(args.iterations), "--device", args.device,
+           "--batch", str(args.batch)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"setup": setup, "T": T, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
@@ -455,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=BATCH,
+                   help=f"samples per batch (default {BATCH}, the issue's setup; the targets assume it)")
     p.add_argument("--out", help="JSON file (default bench/results/peers.json, peers_cuda.json on cuda)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--T", type=int, help=argparse.SUPPRESS)
@@ -465,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if args.worker:
-        print(json.dumps(worker(args.worker, args.T, args.warmup, args.iterations, device)))
+        print(json.dumps(worker(args.worker, args.T, args.warmup, args.iterations, device, args.batch)))
         return 0
     out = Path(args.out or Path(__file__).parent / "results" / ("peers_cuda.json" if cuda else "peers.json"))
 
@@ -475,10 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown setups {unknown}; known: {', '.join(SETUPS)}")
     gflops = matmul_gflops(device)
-    macs = conv_macs_per_step()
+    if args.batch < 1:
+        p.error(f"--batch must be a positive integer, got {args.batch}")
+    macs = conv_macs_per_step(args.batch)
     where = torch.cuda.get_device_name(device) if cuda else f"{args.threads} threads"
     print(f"fp32 matmul: {gflops:.0f} GFLOP/s on {where}; "
-          f"conv forward per step: {2 * macs / 1e9:.2f} GFLOP (batch {BATCH})", flush=True)
+          f"conv forward per step: {2 * macs / 1e9:.2f} GFLOP (batch {args.batch})", flush=True)
     best: dict[tuple[str, int], dict] = {}
     for rnd in range(args.rounds):
         for T in Ts:
@@ -510,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{t['target']:<64} {v:>7}  (≤ {t['limit']})  {met}")
     payload = {
         "command": "python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": "vgg11 (per-step BN, dropout 0.3), input [T, 8, 2, 48, 48] binary, 10 classes",
+        "model": f"vgg11 (per-step BN, dropout 0.3), input [T, {args.batch}, 2, 48, 48] binary, 10 classes",
+        "batch": args.batch,
         "neuron": {"decay": DECAY, "v_threshold": V_TH, "reset": "subtract", "surrogate": f"sigmoid alpha={ALPHA}"},
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup, "iterations": args.iterations,
