@@ -69,7 +69,11 @@ SETUPS: dict[str, tuple[str, str]] = {
     "spikingjelly-sltt": ("SpikingJelly SLTTLIFNode, online loop", "spikingjelly"),
     "snntorch-bptt": ("snnTorch BPTT", "snntorch"),
     "forward-only": ("leanspike forward-only inference over T (lower bound)", "leanspike"),
+    # not in the default run (not among the setups): SLTT with several steps per backward
+    "leanspike-sltt-c2": ("leanspike SLTT, 2 steps per backward (same gradient)", "leanspike"),
+    "leanspike-sltt-cT": ("leanspike SLTT, all T steps in one backward (same gradient)", "leanspike"),
 }
+DEFAULT_SETUPS = [s for s in SETUPS if not s.startswith("leanspike-sltt-c")]
 
 
 # ------------------------------------------------------------------------------ models
@@ -237,6 +241,8 @@ def make_iteration(setup: str, T: int, x: torch.Tensor, y: torch.Tensor):
         method, graphs = {
             "leanspike-bptt": (BPTT(), T),
             "leanspike-sltt": (SLTT(), T),
+            "leanspike-sltt-c2": (SLTT(steps_per_backward=2), T),
+            "leanspike-sltt-cT": (SLTT(steps_per_backward=T), T),
             "leanspike-sltt-k1": (SLTTK(1, generator=gen), 1),
             "leanspike-sltt-khalf": (SLTTK(max(1, T // 2), generator=gen), max(1, T // 2)),
         }[setup]
@@ -452,7 +458,8 @@ def format_table(rows: list[dict], Ts: list[int], setups: list[str], cuda: bool 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--Ts", default="2,4,6,10", help="comma-separated numbers of time steps")
-    p.add_argument("--setups", default=",".join(SETUPS), help="comma-separated setups (default: all)")
+    p.add_argument("--setups", default=",".join(DEFAULT_SETUPS),
+                   help=f"comma-separated setups (default: all but {', '.join(sorted(set(SETUPS) - set(DEFAULT_SETUPS)))})")
     p.add_argument("--rounds", type=int, default=1, help="run every (setup, T) this many times; keep the fastest")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iterations", type=int, default=5)

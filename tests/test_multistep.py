@@ -50,9 +50,9 @@ def _run(method_factory, sequence, monkeypatch):
     return grads, stats
 
 
-@pytest.mark.parametrize("factory", [BPTT, lambda: TBPTT(3), SLTT,
+@pytest.mark.parametrize("factory", [BPTT, lambda: TBPTT(3), SLTT, lambda: SLTT(steps_per_backward=3),
                                      lambda: SLTTK(2, generator=torch.Generator().manual_seed(3))],
-                         ids=["bptt", "tbptt3", "sltt", "sltt-k2"])
+                         ids=["bptt", "tbptt3", "sltt", "sltt-3-per-backward", "sltt-k2"])
 def test_layer_by_layer_equals_step_by_step(float64, factory, monkeypatch):
     g_seq, s_seq = _run(factory, True, monkeypatch)
     g_step, s_step = _run(factory, False, monkeypatch)
@@ -152,6 +152,28 @@ def test_saved_bytes_per_step():
     assert 0 <= step_with_loss - per_step < 200  # the loss keeps a few bytes per step
     assert sltt[0] == bptt[0] - step_with_loss  # SLTT keeps one step's worth, like one BPTT step
     assert sltt[0] - step_with_loss - B * c1 < 16  # ... plus the dropout mask as bytes
+
+
+def test_sltt_several_steps_per_backward_keeps_its_gradient_and_constant_memory(float64):
+    """Per-step batch norm and a per-sequence dropout mask too: the same gradient and running
+    statistics as one step per backward, and what is saved grows with the steps per
+    backward, never with T."""
+    def run(method):
+        net = make_net().double()
+        x, y = data(T=6)
+        torch.manual_seed(7)
+        grads = method.compute_gradients(net, x, y)
+        return grads, [b.detach().clone() for m in net.modules() if isinstance(m, StepBatchNorm2d)
+                       for b in m.buffers()]
+    (g1, s1), (g3, s3) = run(SLTT()), run(SLTT(steps_per_backward=3))
+    for name in g1:
+        torch.testing.assert_close(g3[name], g1[name], **TOL, msg=lambda m: f"{name}: {m}")
+    for a, b in zip(s1, s3):
+        torch.testing.assert_close(a, b, **TOL)
+    two = [_saved(SLTT(steps_per_backward=2), T) for T in (2, 6, 8)]
+    one, bptt2 = _saved(SLTT(), 2), _saved(BPTT(), 2)
+    assert two[0] == two[1] == two[2] == bptt2  # two steps at once keep what BPTT keeps at T = 2
+    assert one < two[0] < 2 * one
 
 
 @pytest.mark.parametrize("stride,padding,bias", [(1, 1, True), (1, 0, False), (2, 1, True)])

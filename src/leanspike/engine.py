@@ -31,7 +31,7 @@ from torch import nn
 from .compact import CompactSaved, mark_derived
 from .losses import WindowLoss
 from .multistep import NO_GRAD_CHUNK, chunk_steps, run_sequence, supports_sequence
-from .state import detach_states, reset_states
+from .state import detach_states, keep_temporal_routes, reset_states
 from .winograd import KernelCache
 
 
@@ -53,6 +53,8 @@ class Schedule:
     graph_intervals: set[int] | None = None  # None: every interval builds a graph
     update_per_interval: bool = False
     loss_scale: float = 1.0
+    #: False: inside an interval, gradients flow only within each step (SLTT over several steps)
+    temporal_routes: bool = True
 
 
 def split_intervals(total_steps: int, k: int) -> list[tuple[int, int]]:
@@ -92,6 +94,15 @@ def infer(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 def _same(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+@contextlib.contextmanager
+def _restore_temporal_routes(modules: list[nn.Module]):
+    """Leave the modules as a plain forward expects them, whatever the run did or raised."""
+    try:
+        yield
+    finally:
+        keep_temporal_routes(*modules, keep=True)
 
 
 class Engine:
@@ -171,7 +182,8 @@ class Engine:
         loss_total = 0.0
         local_totals = [0.0] * n_blocks
         n_backward = n_updates = 0
-        with CompactSaved(), KernelCache():
+        keep_temporal_routes(*modules, keep=schedule.temporal_routes)
+        with CompactSaved(), KernelCache(), _restore_temporal_routes(modules):
             for chunk in self._chunks(schedule, sequence):
                 start, stop = schedule.intervals[chunk[0]][0], schedule.intervals[chunk[-1]][1]
                 detach_states(*modules)

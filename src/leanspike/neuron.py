@@ -43,6 +43,7 @@ class Dynamics(NamedTuple):
     reset: str
     surrogate: Surrogate
     detach_reset: bool
+    temporal_routes: bool = True  # False: backward keeps only each step's own route (SLTT)
 
 
 def _next_carry(u: torch.Tensor, s: torch.Tensor, dyn: Dynamics) -> torch.Tensor:
@@ -84,6 +85,10 @@ def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor | None, gra
     reset is detached), so ``dL/du[t] = h·(dL/ds − k·dL/du[t+1]) + λ·dL/du[t+1]``.
     """
     lam, th = dyn.decay, dyn.v_threshold
+    if not dyn.temporal_routes:  # dL/du[t] = dL/ds[t]·h[t]: every step as if its carry were detached
+        if grad_spikes is None:
+            return torch.zeros_like(potentials)
+        return dyn.surrogate.derivative_(potentials - th).mul_(grad_spikes)
     if dyn.reset == "hard":
         return _hard_backward(potentials, grad_spikes, grad_carry, dyn)
     grad = dyn.surrogate.derivative_(potentials - th)  # h, overwritten step by step with dL/du
@@ -144,7 +149,7 @@ class LIFSequence(torch.autograd.Function):
     def backward(ctx, grad_spikes, grad_last):  # type: ignore[override]
         (potentials,) = ctx.saved_tensors
         grad = lif_backward(potentials, grad_spikes, grad_last, ctx.dyn)
-        grad_carry = grad[0].clone() if ctx.needs_input_grad[1] else None
+        grad_carry = grad[0].clone() if ctx.needs_input_grad[1] and ctx.dyn.temporal_routes else None
         return grad, grad_carry, None
 
 
@@ -187,13 +192,15 @@ class LIF(Stateful):
         self.surrogate = surrogate
         self.detach_reset = detach_reset
         self.carry: torch.Tensor | None = None
+        self.temporal_routes = True
 
     def extra_repr(self) -> str:
         return (f"decay={self.decay:.4g}, v_threshold={self.v_threshold}, reset={self.reset}, "
                 f"surrogate={self.surrogate}")
 
     def dynamics(self) -> Dynamics:
-        return Dynamics(self.decay, self.v_threshold, self.reset, self.surrogate, self.detach_reset)
+        return Dynamics(self.decay, self.v_threshold, self.reset, self.surrogate, self.detach_reset,
+                        self.temporal_routes)
 
     def reset_state(self) -> None:
         self.carry = None
@@ -202,7 +209,12 @@ class LIF(Stateful):
         if self.carry is not None:
             self.carry = self.carry.detach()
 
+    def keep_temporal_routes(self, keep: bool) -> None:
+        self.temporal_routes = keep
+
     def forward(self, current: torch.Tensor) -> torch.Tensor:
+        if not self.temporal_routes:
+            self.detach_state()
         return mark_binary(self.forward_sequence(current.unsqueeze(0))[0])
 
     def forward_sequence(self, currents: torch.Tensor) -> torch.Tensor:

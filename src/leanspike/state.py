@@ -24,6 +24,11 @@ class Stateful(nn.Module):
         """Keep the state's value but drop its autograd history."""
         raise NotImplementedError
 
+    def keep_temporal_routes(self, keep: bool) -> None:
+        """``keep=False``: until told otherwise, no gradient may flow through the state from one
+        step to the next (as if it were detached before every step). A no-op for state that
+        carries no gradient (dropout masks); the neuron overrides it."""
+
 
 def stateful_modules(*modules: nn.Module | None) -> Iterable[Stateful]:
     for module in modules:
@@ -44,3 +49,9 @@ def detach_states(*modules: nn.Module | None) -> None:
     """Detach every stateful sub-module's state (cut temporal routes)."""
     for m in stateful_modules(*modules):
         m.detach_state()
+
+
+def keep_temporal_routes(*modules: nn.Module | None, keep: bool) -> None:
+    """Tell every stateful sub-module whether gradients may flow through its state across steps."""
+    for m in stateful_modules(*modules):
+        m.keep_temporal_routes(keep)

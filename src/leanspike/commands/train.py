@@ -22,6 +22,7 @@ FLAG_FIELDS = {
     "dataset": "data.name", "data_root": "data.root", "workers": "data.workers",
     "model": "model.name",
     "method": "method.name", "k": "method.k", "K": "method.K", "n": "method.n", "classifier": "method.classifier",
+    "steps_per_backward": "method.steps_per_backward",
     "T": "T", "epochs": "epochs", "batch_size": "batch_size", "seed": "seed", "max_batches": "max_batches",
     "eval_every": "eval_every", "device": "device", "amp": "amp", "init_from": "init_from",
     "optimizer": "optimizer.name", "lr": "optimizer.lr", "momentum": "optimizer.momentum",
@@ -82,6 +83,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--k", type=positive_int, default=None, help="TBPTT / ttl interval length")
     g.add_argument("--K", type=positive_int, default=None, help="SLTT-K: steps with backward per batch")
     g.add_argument("--n", type=positive_int, default=None, help="ttl: spiking layers per local block")
+    g.add_argument("--steps-per-backward", type=positive_int, default=None,
+                   help="SLTT: steps back-propagated at once (default 1; same gradient, memory ∝ it)")
     g.add_argument("--classifier", default=None, choices=C.CLASSIFIERS, help="ttl: local classifiers")
     g.add_argument("--epochs", type=positive_int, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)

@@ -106,7 +106,7 @@ def build_method(cfg: ExperimentConfig, rank: int = 0) -> Method:
     elif m.name == "tbptt":
         method = TBPTT(int(m.k), loss, update=m.update)  # type: ignore[arg-type]
     elif m.name == "sltt":
-        method = SLTT(loss)
+        method = SLTT(loss, steps_per_backward=int(m.steps_per_backward))
     elif m.name == "sltt-k":
         gen = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * rank)
         method = SLTTK(int(m.K), loss, scale=m.scale, generator=gen)  # type: ignore[arg-type]

@@ -59,6 +59,7 @@ class MethodConfig:
     classifier: str = "trainable"  # ttl: local classifiers trainable or fixed random
     update: str = "batch"  # tbptt: batch | interval; ottt: batch | step
     scale: str = "T"  # sltt-k: each step's loss / T (paper) or / K
+    steps_per_backward: int = 1  # sltt: steps back-propagated at once (same gradient; memory ∝ it)
 
 
 @dataclass
@@ -371,6 +372,8 @@ def validate(cfg: ExperimentConfig) -> None:
         _choice("method.update for ottt", m.update, ("batch", "step"))
     if m.name == "sltt-k":
         _choice("method.scale", m.scale, ("T", "K"))
+    if m.name == "sltt":
+        _at_least("method.steps_per_backward", m.steps_per_backward, 1)
     n = cfg.neuron
     if n.decay is None and n.tau is None:
         raise UserError("neuron: give neuron.tau (decay = 1 - 1/tau) or neuron.decay")

@@ -17,14 +17,30 @@ from .base import Method, check_not_above_T, check_positive_int
 
 
 class SLTT(Method):
+    """SLTT; ``steps_per_backward = c`` back-propagates ``c`` steps at once (default 1, the paper's).
+
+    The gradient is the same for every ``c`` (up to float rounding): no gradient crosses a
+    step in SLTT, and the weights change only once per batch. A larger ``c`` runs each
+    layer's kernels on ``c·B`` samples at once (faster where small batches are slow) and
+    keeps ``c`` steps of activations alive instead of one: memory ∝ c, still constant in T.
+    """
+
     name = "sltt"
+
+    def __init__(self, loss: WindowLoss | None = None, steps_per_backward: int = 1) -> None:
+        super().__init__(loss)
+        self.steps_per_backward = check_positive_int("steps_per_backward", steps_per_backward)
 
     def _check_loss(self, schedule, total_steps):
         if self.loss.decomposes != "step":
             raise ValueError(f"{self.name} needs a per-step loss, got {self.loss!r}")
 
     def schedule(self, total_steps: int) -> Schedule:
-        return Schedule(split_intervals(total_steps, 1))
+        return Schedule(split_intervals(total_steps, self.steps_per_backward), temporal_routes=False)
+
+    def __repr__(self) -> str:
+        c = f", steps_per_backward={self.steps_per_backward}" if self.steps_per_backward != 1 else ""
+        return f"SLTT(loss={self.loss!r}{c})"
 
 
 class SLTTK(SLTT):
@@ -39,7 +55,7 @@ class SLTTK(SLTT):
 
     def __init__(self, K: int, loss: WindowLoss | None = None, scale: str = "T",
                  generator: torch.Generator | None = None) -> None:
-        super().__init__(loss)
+        super().__init__(loss)  # one step per backward: the K steps are not contiguous
         self.K = check_positive_int("K", K)
         if scale not in ("T", "K"):
             raise ValueError(f"scale must be 'T' or 'K', got {scale!r}")
