@@ -221,7 +221,7 @@ def test_winograd_path_in_float32_agrees_with_the_reference_conv():
 
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 8, 3, padding=1)
-    x = (torch.rand(24, 16, 12, 12) < 0.3).float().requires_grad_(True)
+    x = (torch.rand(32, 16, 12, 12) < 0.3).float().requires_grad_(True)
     out = Conv2dSequence.apply(x, conv.weight, conv.bias, (1, 1), (1, 1))
     g = torch.randn_like(out)
     got = torch.autograd.grad(out, [x, conv.weight, conv.bias], g)

@@ -255,9 +255,12 @@ def _spatial(conv: nn.Conv2d, x: torch.Tensor) -> int:
 #: (relative error ≈ 1e-5 instead of 1e-6 in float32).
 WINOGRAD_MIN_ROWS = 1728
 WINOGRAD_MIN_PIXELS = 36
-#: ... and only for batches of at least this many samples (like PyTorch's own NNPACK rule):
-#: with 2 threads, per-step calls of a batch of 8 (SLTT) ran slower through NNPACK's thread pool
-WINOGRAD_MIN_BATCH = 16
+#: ... and only for batches of at least this many samples: with 2 threads, calls of 8 (SLTT's
+#: steps) ran slower through NNPACK's thread pool, and so did calls of 16 and 24 inside whole
+#: iterations (interleaved, VGG-11 at batch 8: BPTT at T = 2 0.393 → 0.349 s and SLTT with 2
+#: steps per backward 1.19 → 1.02 s when 16-sample calls left NNPACK; 3 steps 0.99 → 0.89 s when
+#: 24-sample ones did; at 32 samples, BPTT at T = 4, a tie)
+WINOGRAD_MIN_BATCH = 32
 
 
 def _winograd(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> bool:
