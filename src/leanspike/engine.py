@@ -97,8 +97,10 @@ def _same(t: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _restore_temporal_routes(modules: list[nn.Module]):
-    """Leave the modules as a plain forward expects them, whatever the run did or raised."""
+def _temporal_routes(modules: list[nn.Module], keep: bool):
+    """The schedule's temporal routes for one run; afterwards, whatever the run did or raised,
+    the modules are left as a plain forward expects them (routes kept)."""
+    keep_temporal_routes(*modules, keep=keep)
     try:
         yield
     finally:
@@ -182,8 +184,7 @@ class Engine:
         loss_total = 0.0
         local_totals = [0.0] * n_blocks
         n_backward = n_updates = 0
-        keep_temporal_routes(*modules, keep=schedule.temporal_routes)
-        with CompactSaved(), KernelCache(), _restore_temporal_routes(modules):
+        with CompactSaved(), KernelCache(), _temporal_routes(modules, schedule.temporal_routes):
             for chunk in self._chunks(schedule, sequence):
                 start, stop = schedule.intervals[chunk[0]][0], schedule.intervals[chunk[-1]][1]
                 detach_states(*modules)
