@@ -149,16 +149,12 @@ def _conv_step_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
                         mask: list[bool], cols: torch.Tensor | None = None) -> tuple:
     """``(dx, dW, db)`` of :func:`_conv_step` for the outputs ``mask`` asks for."""
     stride, padding, dilation, groups = conf
-    if x.device.type != "cpu":
+    if groups != 1 or x.device.type != "cpu":  # as the forward ran: oneDNN channels-last, or cuDNN as given
+        if x.device.type == "cpu":
+            grad, x, weight = (t.contiguous(memory_format=torch.channels_last) for t in (grad, x, weight))
         return torch.ops.aten.convolution_backward(
             grad, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation),
             False, [0, 0], groups, [mask[0], mask[1], has_bias and mask[2]])
-    if groups != 1:
-        cl = torch.channels_last
-        return torch.ops.aten.convolution_backward(
-            grad.contiguous(memory_format=cl), x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl),
-            [weight.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation), False, [0, 0],
-            groups, [mask[0], mask[1], has_bias and mask[2]])
     k = weight.shape[2:]
     g = grad.reshape(grad.shape[0], grad.shape[1], -1)  # [B, O, L]
     w = weight.reshape(weight.shape[0], -1)  # [O, C·kh·kw]
