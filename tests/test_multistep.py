@@ -97,109 +97,36 @@ def test_skipped_steps_run_as_one_chunk():
     assert Engine._chunks(schedule, False) == [[i] for i in range(6)]
     per_interval = Schedule([(t, t + 1) for t in range(4)], graph_intervals={1}, update_per_interval=True)
     assert Engine._chunks(per_interval, True) == [[0], [1], [2], [3]]
-    assert Engine._chunks(per_interval, True, graph_inside=True) == [[0], [1], [2], [3]]
 
 
-def test_a_sampled_step_runs_inside_its_neighbours_pass():
-    """One single-step interval with a graph joins the graph-free ones around it (at most
-    NO_GRAD_CHUNK steps in all); a chunk never holds two graphs or a longer graph interval."""
-    from leanspike.multistep import NO_GRAD_CHUNK
+def test_which_models_run_layer_by_layer():
+    from leanspike.models.registry import build_model
 
-    steps = lambda T: [(t, t + 1) for t in range(T)]  # noqa: E731
-    assert Engine._chunks(Schedule(steps(6), graph_intervals={2}), True, True) == [[0, 1, 2, 3, 4, 5]]
-    assert Engine._chunks(Schedule(steps(6), graph_intervals={2, 3}), True, True) == [[0, 1, 2], [3, 4, 5]]
-    assert Engine._chunks(Schedule(steps(6), graph_intervals={2, 3}), False, True) == [[i] for i in range(6)]
-    long = Engine._chunks(Schedule(steps(11), graph_intervals={9}), True, True)
-    assert long == [list(range(NO_GRAD_CHUNK)), list(range(NO_GRAD_CHUNK, 11))]
-    wide = Schedule([(0, 1), (1, 3), (3, 4)], graph_intervals={1})  # a graph over two steps keeps its own chunk
-    assert Engine._chunks(wide, True, True) == [[0], [1], [2]]
-    assert Engine._chunks(Schedule(steps(4)), True, True) == [[0], [1], [2], [3]]  # SLTT: every step a graph
+    assert supports_sequence(build_model("vgg11", in_channels=2, num_classes=10, input_size=16))
+    net = make_net()
+    assert supports_sequence(net)
+    with online_traces(net):  # OTTT patches forward on the instance
+        assert not supports_sequence(net)
+    assert supports_sequence(net)
+    handle = net[5].register_forward_hook(lambda *a: None)
+    assert not supports_sequence(net)
+    handle.remove()
 
+    class Residual(nn.Module):
+        def forward(self, x):
+            return x + 1
 
-def make_deep_net(seed=0, reset="soft", dropout=0.3):
-    """Convolutions past the shallow first layer (8 input channels: oneDNN's weight gradient on
-    8×8 maps, the unfolded one on 4×4), a conv not followed by a norm, a hard or unleaked reset."""
-    torch.manual_seed(seed)
-    lif = lambda: LIF(decay=0.5, surrogate=Sigmoid(4.0), reset=reset)  # noqa: E731
-    net = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), StepBatchNorm2d(8), lif(), SequenceDropout(dropout),
-                        nn.Conv2d(8, 8, 3, padding=1), StepBatchNorm2d(8), lif(), nn.AvgPool2d(2),
-                        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), lif()),
-                        nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
-    with torch.no_grad():
-        for i in (0, 4):
-            net[i].weight.mul_(2.0)
-        net[8][0].weight.mul_(3.0)
-    return net
+    assert not supports_sequence(nn.Sequential(nn.Linear(2, 2), Residual()))
+    shared = LIF()
+    assert not supports_sequence(nn.Sequential(shared, nn.Linear(2, 2), shared))
+    assert not supports_sequence(nn.Sequential(nn.Flatten(0), nn.Linear(2, 2)))
 
 
-@pytest.mark.parametrize("T,K,max_rows,reset", [(6, 1, None, "soft"), (11, 3, None, "hard"),
-                                                (6, 2, 10, "soft-unleaked"), (5, 1, 10, "soft")],
-                         ids=["T6-K1", "T11-K3-hard", "T6-K2-parts-unleaked", "T5-K1-parts"])
-def test_sampled_steps_inside_the_pass_keep_every_gradient(float64, monkeypatch, T, K, max_rows, reset):
-    """SLTT-K's steps with a graph run inside the no-grad pass over their neighbours: the same
-    gradients, batch-norm statistics, loss and outputs as running every step on its own."""
-    import leanspike.multistep as ms
-
-    calls = []
-    inside = ms.run_sequence_graph_at
-
-    def counted(*args, **kwargs):
-        calls.append(args[2:4])
-        return inside(*args, **kwargs)
-
-    results = []
-    for sequence in (True, False):
-        net = make_deep_net(reset=reset).double()
-        x, y = data(T=T)
-        if max_rows:
-            monkeypatch.setattr(ms, "MAX_ROWS", max_rows)  # 2 steps of 5 samples per part
-        monkeypatch.setattr("leanspike.engine.run_sequence_graph_at", counted)
-        if not sequence:
-            monkeypatch.setattr(Engine, "supports_sequence", lambda self: False)
-        torch.manual_seed(7)
-        method = SLTTK(K, generator=torch.Generator().manual_seed(1))
-        r = method.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9))
-        stats = [b.detach().clone() for m in net.modules() if isinstance(m, StepBatchNorm2d) for b in m.buffers()]
-        results.append((r, [p.detach().clone() for p in net.parameters()], stats, method.last_steps))
-        monkeypatch.undo()
-        if sequence:  # every sampled step that shares its chunk ran inside the pass
-            chunks = Engine._chunks(Schedule([(t, t + 1) for t in range(T)], set(method.last_steps)), True, True)
-            assert len(calls) == sum(len(c) > 1 for c in chunks) > 0 and all(b - a == 1 for a, b in calls)
-    (a, pa, sa, steps_a), (b, pb, sb, steps_b) = results
-    assert steps_a == steps_b and (a.backward_passes, b.backward_passes) == (K, K)
-    assert a.loss == pytest.approx(b.loss, rel=1e-12)
-    torch.testing.assert_close(a.mean_output, b.mean_output, **TOL)
-    for p, q in zip(pa + sa, pb + sb):
-        torch.testing.assert_close(p, q, **TOL)
-    start = dict(make_deep_net().double().named_parameters())
-    unchanged = {n for (n, p0), p in zip(start.items(), pa) if torch.equal(p0.detach(), p)}
-    assert unchanged == {"0.bias", "4.bias"}  # biases right before a batch norm: gradient exactly 0
-
-
-@pytest.mark.parametrize("channels,size,batch,dtype", [
-    (2, 8, 5, torch.float64),      # shallow: unfold + matrix product
-    (8, 8, 5, torch.float64),      # oneDNN's weight gradient
-    (8, 4, 5, torch.float64),      # small map: unfolded weight gradient
-    (128, 8, 8, torch.float32),    # a step of SLTT-K in float32: the small-batch Winograd input gradient
-    (16, 12, 40, torch.float32)])  # big float32 calls: NNPACK where available
-def test_conv_with_a_given_output_goes_back_like_the_conv(channels, size, batch, dtype):
-    """The sampled step's convolutions take their output from the batched pass and go back from
-    their own input: PyTorch's gradients, at 1e-10 in float64 and float32 rounding in float32."""
-    from leanspike.multistep import ConvGivenOutput
-
-    torch.manual_seed(0)
-    conv = nn.Conv2d(channels, 8 if channels < 128 else 128, 3, padding=1).to(dtype)
-    x = (torch.rand(batch, channels, size, size) < 0.3).to(dtype).requires_grad_(True)
-    with torch.no_grad():
-        given = conv(x)
-    out = ConvGivenOutput.apply(x, conv.weight, conv.bias, [given.clone()], (1, 1), (1, 1))
-    assert torch.equal(out, given)
-    g = torch.randn_like(out)
-    got = torch.autograd.grad(out, [x, conv.weight, conv.bias], g)
-    _, want = float64_conv_reference(conv, x, g)
-    tol = 1e-10 if dtype == torch.float64 else 1e-4
-    for a, b in zip(got, want):
-        assert a.dtype == dtype and (a.double() - b).abs().max() <= tol * b.abs().max()
+def test_ottt_still_runs_step_by_step(float64):
+    net = make_net(dropout=0.0).double()
+    x, y = data()
+    grads = OTTT().compute_gradients(net, x, y)
+    assert all(torch.isfinite(g).all() for g in grads.values())
 
 
 def _saved(method, T):
@@ -209,13 +136,6 @@ def _saved(method, T):
     with SavedTensorMeter(exclude=[net, x]) as meter:
         method.compute_gradients(net, x, y)
     return meter.peak_bytes
-
-
-def test_sampled_step_inside_the_pass_keeps_one_steps_bytes():
-    """SLTT-K keeps what one SLTT step keeps, at every T, though its graph step runs inside a
-    batched pass over T steps."""
-    assert _saved(SLTTK(1, generator=torch.Generator().manual_seed(0)), 6) == _saved(SLTT(), 6)
-    assert _saved(SLTTK(2, generator=torch.Generator().manual_seed(0)), 8) == _saved(SLTT(), 2)
 
 
 def test_saved_bytes_per_step():

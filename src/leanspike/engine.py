@@ -14,9 +14,7 @@ One block (every non-local method) means one backward per interval.
 
 When every block and head supports it (:func:`~leanspike.multistep.supports_sequence`),
 an interval runs layer by layer over all its steps (:mod:`leanspike.multistep`), and
-consecutive intervals without a graph (SLTT-K's skipped steps) run as one, together with
-one single-step interval with a graph among them (its graph is built inside that
-batched pass, :func:`~leanspike.multistep.run_sequence_graph_at`). While it
+consecutive intervals without a graph (SLTT-K's skipped steps) run as one. While it
 runs, binary tensors saved for backward are kept as bool (:mod:`leanspike.compact`), and
 the Winograd transforms of 3×3 kernels are made once per batch (:mod:`leanspike.winograd`).
 """
@@ -32,7 +30,7 @@ from torch import nn
 
 from .compact import CompactSaved, mark_derived
 from .losses import WindowLoss
-from .multistep import NO_GRAD_CHUNK, chunk_steps, run_sequence, run_sequence_graph_at, supports_sequence
+from .multistep import NO_GRAD_CHUNK, chunk_steps, run_sequence, supports_sequence
 from .state import detach_states, keep_temporal_routes, reset_states
 from .winograd import KernelCache
 
@@ -145,21 +143,6 @@ class Engine:
         scored = outs if head is None else [head(x) for x in outs]
         return outs, torch.stack(scored)
 
-    def _block_graph_at(self, parts: list[torch.Tensor], step: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The one block (no head) over every piece without a graph but at ``step`` of the chunk:
-        its outputs per piece, over the chunk ``[t, B, C]``, and at ``step`` with a graph ``[1, B, C]``."""
-        outs, graph, offset = [], None, 0
-        for x in parts:
-            if offset <= step < offset + x.shape[0]:
-                out, graph = run_sequence_graph_at(self.blocks[0], x, step - offset, step - offset + 1, kept_input=True)
-            else:
-                with torch.no_grad():
-                    out = run_sequence(self.blocks[0], x, kept_input=True)
-            outs.append(out)
-            offset += x.shape[0]
-        assert graph is not None
-        return outs, outs[0] if len(outs) == 1 else torch.cat(outs), graph
-
     @staticmethod
     def _detached(outs: list[torch.Tensor], sequence: bool) -> list[torch.Tensor]:
         """A block's outputs as the next block's inputs: no gradient crosses a block boundary
@@ -167,22 +150,17 @@ class Engine:
         return [mark_derived(x.detach(), _same, x) if sequence else x.detach() for x in outs]
 
     @staticmethod
-    def _chunks(schedule: Schedule, sequence: bool, graph_inside: bool = False) -> list[list[int]]:
+    def _chunks(schedule: Schedule, sequence: bool) -> list[list[int]]:
         """Interval indices run together: consecutive graph-free intervals are merged when
-        running layer by layer and no update falls between them; with ``graph_inside``, so is
-        one single-step interval with a graph among them (SLTT-K's sampled step runs inside the
-        no-grad pass over its neighbours, :meth:`_block_graph_at`)."""
-        graphs = schedule.graph_intervals
+        running layer by layer and no update falls between them."""
         chunks: list[list[int]] = []
         for index, (t0, t1) in enumerate(schedule.intervals):
+            with_graph = schedule.graph_intervals is None or index in schedule.graph_intervals
             prev = chunks[-1] if chunks else None
-            if (not sequence or graphs is None or schedule.update_per_interval or prev is None
-                    or t1 - schedule.intervals[prev[0]][0] > NO_GRAD_CHUNK):
-                chunks.append([index])
-                continue
-            with_graph = [i for i in (*prev, index) if i in graphs]
-            if not with_graph or (graph_inside and len(with_graph) == 1
-                                  and schedule.intervals[with_graph[0]][1] - schedule.intervals[with_graph[0]][0] == 1):
+            if (sequence and not with_graph and not schedule.update_per_interval and prev is not None
+                    and prev[-1] not in (schedule.graph_intervals or ())
+                    and schedule.graph_intervals is not None
+                    and t1 - schedule.intervals[prev[0]][0] <= NO_GRAD_CHUNK):
                 prev.append(index)
             else:
                 chunks.append([index])
@@ -206,13 +184,11 @@ class Engine:
         loss_total = 0.0
         local_totals = [0.0] * n_blocks
         n_backward = n_updates = 0
-        graph_inside = sequence and n_blocks == 1 and self.heads[0] is None
         with CompactSaved(), KernelCache(), _temporal_routes(modules, schedule.temporal_routes):
-            for chunk in self._chunks(schedule, sequence, graph_inside):
+            for chunk in self._chunks(schedule, sequence):
                 start, stop = schedule.intervals[chunk[0]][0], schedule.intervals[chunk[-1]][1]
                 detach_states(*modules)
-                graph = [i for i in chunk if schedule.graph_intervals is None or i in schedule.graph_intervals]
-                with_graph, inside = bool(graph), bool(graph) and len(chunk) > 1
+                with_graph = schedule.graph_intervals is None or chunk[0] in schedule.graph_intervals
                 ctx = contextlib.nullcontext() if with_graph else torch.no_grad()
                 parts = self._parts(inputs[start:stop], sequence)
                 spans = [(t0 - start, t1 - start) for t0, t1 in (schedule.intervals[i] for i in chunk)]
@@ -221,19 +197,13 @@ class Engine:
                 # a block's state and RNG draws depend only on its own earlier steps)
                 for b in range(n_blocks):
                     with ctx:
-                        if inside:  # one block: its step with a graph inside the no-grad pass
-                            outs, window, graph_window = self._block_graph_at(parts, spans[chunk.index(graph[0])][0])
-                        else:
-                            outs, window = self._block(b, parts, sequence)
+                        outs, window = self._block(b, parts, sequence)
                         windows = [window[t0:t1] for t0, t1 in spans] if len(chunk) > 1 else [window]
                         losses = [loss_fn(w, targets, total) for w in windows]
-                    graph_loss = losses[0] if with_graph else None  # a chunk holds one interval with a graph
-                    if inside:
-                        graph_loss = losses[chunk.index(graph[0])] = loss_fn(graph_window, targets, total)
-                    # a block with nothing to train (frozen, or a loss that ignores it) has no
-                    # graph to go back through
-                    if graph_loss is not None and graph_loss.requires_grad:
-                        backward(graph_loss * schedule.loss_scale)
+                    # a graph is built only for single-interval chunks; a block with nothing
+                    # to train (frozen, or a loss that ignores it) has no graph to go back through
+                    if with_graph and losses[0].requires_grad:
+                        backward(losses[0] * schedule.loss_scale)
                         n_backward += 1
                     block_loss = sum(float(value.detach()) for value in losses)
                     local_totals[b] += block_loss
@@ -243,7 +213,7 @@ class Engine:
                         out_sum = window_sum if out_sum is None else out_sum + window_sum
                     else:
                         parts = self._detached(outs, sequence)
-                    del outs, window, windows, losses, graph_loss
+                    del outs, window, windows, losses
                 del parts
                 if schedule.update_per_interval:
                     for _ in chunk:

@@ -30,20 +30,18 @@ from .state import Stateful
 # Per-step batch norm
 # --------------------------------------------------------------------------------------
 def step_norm_forward(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm,
-                      step: Callable[[int], torch.Tensor] | None = None,
-                      update_running_stats: bool = True) -> tuple[torch.Tensor, ...]:
+                      step: Callable[[int], torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
     """Normalise each step of ``x`` ``[T, B, C, ...]`` with its own batch statistics, exactly as T
     calls of ``bn`` in training would (the same kernel, the same running-statistics updates).
 
     ``step(t)``, when given, produces step t's input on demand (``x`` then only gives the
     shape, dtype and device), so that only one step of it exists at a time.
-    ``update_running_stats=False``: steps already counted (normalised again to build a graph).
     Returns the output and the per-step ``mean`` and ``1/sqrt(var + eps)`` (``[T, C]``).
     """
     steps, channels = x.shape[0], x.shape[2]
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     stats = out.new_empty((2, steps, channels), dtype=bn.weight.dtype if bn.weight is not None else x.dtype)
-    track = bn.training and bn.track_running_stats and update_running_stats
+    track = bn.training and bn.track_running_stats
     for t in range(steps):
         factor = 0.0 if bn.momentum is None else bn.momentum
         if track and bn.num_batches_tracked is not None:
@@ -82,8 +80,8 @@ class StepNorm(torch.autograd.Function):
     saves only ``x`` and the per-step statistics (no transposed copies)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, bn, update_running_stats=True):  # type: ignore[override]
-        out, mean, invstd = step_norm_forward(x, bn, update_running_stats=update_running_stats)
+    def forward(ctx, x, weight, bias, bn):  # type: ignore[override]
+        out, mean, invstd = step_norm_forward(x, bn)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps, ctx.has_bias = bn.eps, bias is not None
         return out
@@ -94,7 +92,7 @@ class StepNorm(torch.autograd.Function):
         x, weight, mean, invstd = ctx.saved_tensors
         need = ctx.needs_input_grad
         mask = [need[0], weight is not None and need[1], ctx.has_bias and need[2]]
-        return (*step_norm_backward(grad, x, weight, mean, invstd, ctx.eps, mask), None, None)
+        return (*step_norm_backward(grad, x, weight, mean, invstd, ctx.eps, mask), None)
 
 
 class _StepBatchNorm:
@@ -132,14 +130,6 @@ class _StepBatchNorm:
             return StepNorm.apply(x, bn.weight, bn.bias, bn)
         with torch.no_grad():
             return step_norm_forward(x, bn)[0]
-
-    def forward_sequence_again(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward_sequence` on steps it has already normalised (the same output), this
-        time with a graph and without counting them again in the running statistics."""
-        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
-        if bn.training and bn.track_running_stats:
-            return StepNorm.apply(x, bn.weight, bn.bias, bn, False)
-        return self.forward_sequence(x)
 
 
 class StepBatchNorm1d(_StepBatchNorm, nn.BatchNorm1d):

@@ -26,7 +26,6 @@ whose children are all of the known kinds, without hooks or patched ``forward``
 from __future__ import annotations
 
 from functools import partial
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -177,12 +176,10 @@ class InputConvNorm(torch.autograd.Function):
     step of the conv output exists at a time."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, bn_weight, bn_bias, conf: tuple, bn: nn.Module,  # type: ignore[override]
-                update_running_stats: bool = True):
+    def forward(ctx, x, weight, bias, bn_weight, bn_bias, conf: tuple, bn: nn.Module):  # type: ignore[override]
         shape = [x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, conf)]
         like = x.new_zeros(()).expand(shape)  # shape only
-        out, mean, invstd = step_norm_forward(like, bn, lambda t: _conv_step(x[t], weight, bias, conf),  # type: ignore[arg-type]
-                                              update_running_stats)
+        out, mean, invstd = step_norm_forward(like, bn, lambda t: _conv_step(x[t], weight, bias, conf))  # type: ignore[arg-type]
         ctx.save_for_backward(x, weight, bias, bn_weight, mean, invstd)
         ctx.conf, ctx.eps, ctx.has_bn_bias = conf, bn.eps, bn_bias is not None
         return out
@@ -213,7 +210,7 @@ class InputConvNorm(torch.autograd.Function):
                         grads[i] = g if grads[i] is None else grads[i].add_(g)  # type: ignore[union-attr]
         grad_w = None if grads[0] is None else grads[0].contiguous()
         return (None, grad_w, grads[1], rows[0].sum(0) if mask[1] else None, rows[1].sum(0) if mask[2] else None,
-                None, None, None)
+                None, None)
 
 
 def _input_conv_norm(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> bool:
@@ -225,9 +222,8 @@ def _input_conv_norm(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> bool:
             and torch.is_grad_enabled() and conv.weight.requires_grad)  # type: ignore[union-attr]
 
 
-def input_conv_norm(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, update_running_stats: bool = True) -> torch.Tensor:
-    """``bn.forward_sequence(conv over [t·B])`` through :class:`InputConvNorm`
-    (``update_running_stats=False``: steps already normalised once, see :func:`run_sequence_graph_at`)."""
+def input_conv_norm(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``bn.forward_sequence(conv over [t·B])`` through :class:`InputConvNorm`."""
     bn_: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
     if conv.out_channels != bn_.num_features:
         raise ValueError(f"expected {bn_.num_features} channels, got {conv.out_channels} from {conv}")
@@ -235,7 +231,7 @@ def input_conv_norm(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, update_runn
     if bn_.training and count < 2:
         raise ValueError(f"expected more than 1 value per channel when training, got {count}")
     conf = (conv.stride, conv.padding, conv.dilation, conv.groups)
-    return InputConvNorm.apply(x, conv.weight, conv.bias, bn_.weight, bn_.bias, conf, bn, update_running_stats)
+    return InputConvNorm.apply(x, conv.weight, conv.bias, bn_.weight, bn_.bias, conf, bn)
 
 
 def _spatial(conv: nn.Conv2d, x: torch.Tensor) -> int:
@@ -368,65 +364,37 @@ class Conv2dSequence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        return _conv_sequence_backward(ctx, grad)
-
-
-class ConvGivenOutput(torch.autograd.Function):
-    """A plain ``Conv2d`` of ``x`` whose output ``out`` was already computed without a graph (in a
-    bigger batch): returns ``out`` and goes back as :class:`Conv2dSequence` would from ``x``."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, given: list, stride: tuple, padding: tuple):  # type: ignore[override]
-        # ``given`` holds the output in a list so that autograd does not take it for an input
-        small = x.device.type == "cpu" and weight[0].numel() >= SHALLOW_DEPTH and not _winograd(x, weight, stride, padding)
-        ctx.kernels = winograd.transformed(weight) if small and winograd.applies(x, weight, stride, padding) else None
-        ctx.save_for_backward(x, weight)
-        ctx.conf, ctx.has_bias = (stride, padding), bias is not None
-        return given.pop()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        return (*_conv_sequence_backward(ctx, grad)[:3], None, None, None)
-
-
-def _conv_sequence_backward(ctx, grad: torch.Tensor) -> tuple:
-    """The gradients of :class:`Conv2dSequence` (and of :class:`ConvGivenOutput`)."""
-    x, weight = ctx.saved_tensors
-    stride, padding = ctx.conf
-    need = ctx.needs_input_grad
-    grad = grad.contiguous()
-    grad_x = grad_w = grad_b = None
-    if x.device.type != "cpu":
-        return (*torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, list(stride), list(padding), [1, 1],
-            False, [0, 0], 1, [need[0], need[1], ctx.has_bias and need[2]]), None, None)
-    if weight[0].numel() < SHALLOW_DEPTH:  # as the forward ran it
-        return (*_conv_step_backward(grad, x, weight, ctx.has_bias, (stride, padding, (1, 1), 1), list(need[:3])),
-                None, None)
-    if need[0] and ctx.kernels is not None:
-        grad_x = winograd.conv3x3_input_grad(grad, ctx.kernels, padding)
-    elif need[0]:
-        k = weight.shape[2:]
-        flipped_padding = tuple(kk - 1 - p for kk, p in zip(k, padding))
-        if _winograd(grad, weight, stride, flipped_padding):
-            flipped = weight.transpose(0, 1).flip(2, 3).contiguous()
-            grad_x = torch.ops.aten._nnpack_spatial_convolution(grad, flipped, None, list(flipped_padding), [1, 1])
-        else:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
-                [True, False, False])[0]
-    if need[1] and _dw_as_conv(grad, x, stride):
-        grad_w = _weight_grad_as_conv(grad, x, padding)
-        grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
-    elif need[1] and grad.shape[2] * grad.shape[3] <= SMALL_MAP_PIXELS:
-        grad_w = _weight_grad_unfolded(grad, x, weight, stride, padding)
-        grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
-    elif need[1] or (ctx.has_bias and need[2]):
-        _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, list(stride), list(padding), [1, 1],
-            False, [0, 0], 1, [False, need[1], ctx.has_bias and need[2]])
-    return grad_x, grad_w, grad_b, None, None
+        x, weight = ctx.saved_tensors
+        stride, padding = ctx.conf
+        need = ctx.needs_input_grad
+        grad = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        if weight[0].numel() < SHALLOW_DEPTH:  # as the forward ran it
+            return (*_conv_step_backward(grad, x, weight, ctx.has_bias, (stride, padding, (1, 1), 1), list(need[:3])),
+                    None, None)
+        if need[0] and ctx.kernels is not None:
+            grad_x = winograd.conv3x3_input_grad(grad, ctx.kernels, padding)
+        elif need[0]:
+            k = weight.shape[2:]
+            flipped_padding = tuple(kk - 1 - p for kk, p in zip(k, padding))
+            if _winograd(grad, weight, stride, flipped_padding):
+                flipped = weight.transpose(0, 1).flip(2, 3).contiguous()
+                grad_x = torch.ops.aten._nnpack_spatial_convolution(grad, flipped, None, list(flipped_padding), [1, 1])
+            else:
+                grad_x = torch.ops.aten.convolution_backward(
+                    grad, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
+                    [True, False, False])[0]
+        if need[1] and _dw_as_conv(grad, x, stride):
+            grad_w = _weight_grad_as_conv(grad, x, padding)
+            grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
+        elif need[1] and grad.shape[2] * grad.shape[3] <= SMALL_MAP_PIXELS:
+            grad_w = _weight_grad_unfolded(grad, x, weight, stride, padding)
+            grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
+        elif need[1] or (ctx.has_bias and need[2]):
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, list(stride), list(padding), [1, 1],
+                False, [0, 0], 1, [False, need[1], ctx.has_bias and need[2]])
+        return grad_x, grad_w, grad_b, None, None
 
 
 def _plain_conv2d(m: nn.Module) -> bool:
@@ -438,10 +406,6 @@ def _conv2d(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4 or not x.dtype.is_floating_point or x.device.type != "cpu":
         return m(x)
     return Conv2dSequence.apply(x, m.weight, m.bias, tuple(m.stride), tuple(m.padding))
-
-
-def _conv2d_given(m: nn.Conv2d, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return ConvGivenOutput.apply(x, m.weight, m.bias, [out], tuple(m.stride), tuple(m.padding))
 
 
 # ------------------------------------------------------------------------------ pooling
@@ -476,14 +440,11 @@ def _flatten01(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(0, 1)
 
 
-def _samplewise(m: nn.Module, x: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
-    """``m`` on every sample of ``x`` ``[t, B, ...]``; ``given``: a plain conv's output, known already."""
+def _samplewise(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     steps, batch = x.shape[:2]
     flat = mark_derived(x.flatten(0, 1), _flatten01, x)
     fn = m
-    if given is not None:
-        fn = partial(_conv2d_given, m, given.flatten(0, 1))
-    elif _plain_conv2d(m):
+    if _plain_conv2d(m):
         fn = partial(_conv2d, m)
     elif type(m) is nn.AvgPool2d:
         fn = partial(_avg_pool2d, m)
@@ -497,74 +458,25 @@ def _samplewise(m: nn.Module, x: torch.Tensor, given: torch.Tensor | None = None
     return mark_derived(out.unflatten(0, (steps, batch)), lambda t: t.unflatten(0, (steps, batch)), out)
 
 
-def _layers(seq: nn.Sequential, x: torch.Tensor, kept_input: bool) -> Iterator[tuple[nn.Module, nn.Module | None, bool]]:
-    """``seq``'s children in running order as ``(module, norm, kept)``: ``norm`` is the per-step
-    batch norm that runs fused with the conv on the engine's input (:class:`InputConvNorm`), and
-    ``kept`` says whether the module's input is the engine's input."""
-    children = list(seq._modules.values())
-    first = 0
-    if kept_input and len(children) > 1 and _input_conv_norm(children[0], children[1], x):
-        yield children[0], children[1], True
-        first = 2
-    for i in range(first, len(children)):
-        yield children[i], None, kept_input and i == 0
-
-
 def run_sequence(seq: nn.Sequential, x: torch.Tensor, kept_input: bool = False) -> torch.Tensor:
     """``[t, B, ...]`` through ``seq`` layer by layer (``supports_sequence(seq)`` must hold).
 
     ``kept_input``: ``x`` is the engine's input, kept whatever happens (see :class:`InputConvNorm`).
     """
-    for m, norm, kept in _layers(seq, x, kept_input):
-        if norm is not None:
-            x = input_conv_norm(m, norm, x)  # type: ignore[arg-type]
-        elif isinstance(m, nn.Sequential):
-            x = run_sequence(m, x, kept)
+    children = list(seq._modules.values())
+    i = 0
+    while i < len(children):
+        m = children[i]
+        nxt = children[i + 1] if i + 1 < len(children) else None
+        if i == 0 and kept_input and nxt is not None and _input_conv_norm(m, nxt, x):
+            x = input_conv_norm(m, nxt, x)  # type: ignore[arg-type]
+            i += 2
+            continue
+        if isinstance(m, nn.Sequential):
+            x = run_sequence(m, x, kept_input and i == 0)
         elif isinstance(m, (LIF, _StepBatchNorm, SequenceDropout)):
             x = m.forward_sequence(x)
         else:
             x = _samplewise(m, x)
+        i += 1
     return x
-
-
-def run_sequence_graph_at(seq: nn.Sequential, x: torch.Tensor, start: int, stop: int,
-                          kept_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[t, B, ...]`` through ``seq`` layer by layer without a graph, and steps ``start … stop − 1``
-    of it with one, each of them on its own (as if its state were detached): the outputs of all
-    steps ``[t, B, ...]`` and of those ``[stop − start, B, ...]`` (with a graph).
-
-    SLTT-K's sampled step thus runs inside the batched no-grad pass over its neighbours instead
-    of on its own: its convolutions are not computed twice (:class:`ConvGivenOutput`), and its
-    neurons' spikes come from the pass's own potentials (:meth:`LIF.forward_sequence_graph_at`),
-    so that the graph describes exactly the forward the state carries on from. Cheap layers
-    (norms, pooling, dropout, linear) run once more on the graph's steps; the norms count
-    those steps once in their running statistics.
-    """
-    return _run_graph_at(seq, x, x[start:stop], start, kept_input)
-
-
-def _run_graph_at(seq: nn.Sequential, x: torch.Tensor, g: torch.Tensor, start: int,
-                  kept_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    for m, norm, kept in _layers(seq, x, kept_input):
-        if norm is not None:
-            with torch.no_grad():
-                x = norm.forward_sequence(_samplewise(m, x))  # type: ignore[operator]
-            g = input_conv_norm(m, norm, g, update_running_stats=False)  # type: ignore[arg-type]
-        elif isinstance(m, nn.Sequential):
-            x, g = _run_graph_at(m, x, g, start, kept)
-        elif isinstance(m, LIF):
-            x, g = m.forward_sequence_graph_at(x, g, start)
-        elif isinstance(m, _StepBatchNorm):
-            with torch.no_grad():
-                x = m.forward_sequence(x)
-            g = m.forward_sequence_again(g)
-        elif isinstance(m, SequenceDropout):
-            with torch.no_grad():
-                x = m.forward_sequence(x)  # draws the sequence's mask if it is the first step
-            g = m.forward_sequence(g)
-        else:
-            with torch.no_grad():
-                x = _samplewise(m, x)
-            conv = _plain_conv2d(m) and g.dim() == 5 and g.dtype.is_floating_point
-            g = _samplewise(m, g, x[start:start + g.shape[0]].clone() if conv else None)
-    return x, g

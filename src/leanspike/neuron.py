@@ -56,15 +56,13 @@ def _next_carry(u: torch.Tensor, s: torch.Tensor, dyn: Dynamics) -> torch.Tensor
 
 
 def lif_forward(currents: torch.Tensor, carry: torch.Tensor | None, dyn: Dynamics,
-                potentials: torch.Tensor | None = None,
-                spikes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                potentials: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``[T, ...]`` currents from ``carry`` (None: rest); return spikes and the last carry.
 
-    ``potentials``, when given (shaped like ``currents``), receives every ``u[t]``; ``spikes``,
-    when given, receives the spikes. No autograd graph is built: callers run it under
-    ``no_grad`` or inside a Function.
+    ``potentials``, when given (shaped like ``currents``), receives every ``u[t]``. No
+    autograd graph is built: callers run it under ``no_grad`` or inside a Function.
     """
-    spikes = torch.empty_like(currents) if spikes is None else spikes
+    spikes = torch.empty_like(currents)
     for t in range(currents.shape[0]):
         if carry is None:
             u = currents[t] if potentials is None else potentials[t].copy_(currents[t])
@@ -155,24 +153,6 @@ class LIFSequence(torch.autograd.Function):
         return grad, grad_carry, None
 
 
-class LIFFromPotentials(torch.autograd.Function):
-    """Spikes of steps whose potentials ``u`` were computed without a graph, each step with
-    its own route only (``dL/dI[t] = dL/ds[t]·h[t]``): the graph of a step that ran inside a
-    no-grad pass over its sequence (SLTT-K's sampled step). ``currents`` only links the graph."""
-
-    @staticmethod
-    def forward(ctx, currents: torch.Tensor, potentials: torch.Tensor, dyn: Dynamics):  # type: ignore[override]
-        ctx.save_for_backward(potentials)
-        ctx.dyn = dyn._replace(temporal_routes=False)
-        return torch.ge(potentials, dyn.v_threshold).to(currents.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_spikes):  # type: ignore[override]
-        (potentials,) = ctx.saved_tensors
-        return lif_backward(potentials, grad_spikes, None, ctx.dyn), None, None
-
-
 class LIF(Stateful):
     """Stateful LIF layer that processes one time step per call."""
 
@@ -249,26 +229,3 @@ class LIF(Stateful):
             with torch.no_grad():
                 spikes, self.carry = lif_forward(currents, carry, self.dynamics())
         return mark_binary(spikes)
-
-    def forward_sequence_graph_at(self, currents: torch.Tensor, graph_currents: torch.Tensor,
-                                  start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``currents`` ``[T, B, ...]`` without a graph, as :meth:`forward_sequence` would run them,
-        and the spikes of steps ``start … start + k − 1`` once more with a graph through
-        ``graph_currents`` (``[k, B, ...]``, the same values as those steps of ``currents``):
-        each graph step keeps only its own route, its carry detached. The graph's spikes are
-        those of the no-grad pass, bit for bit (they come from the same potentials)."""
-        stop = start + graph_currents.shape[0]
-        carry = self.carry.detach() if self.carry is not None else None
-        if carry is not None and carry.shape != currents.shape[1:]:
-            shape = torch.broadcast_shapes(carry.shape, currents.shape[1:])
-            currents, carry = currents.expand(currents.shape[0], *shape), carry.expand(shape)
-            graph_currents = graph_currents.expand(graph_currents.shape[0], *shape)
-        dyn = self.dynamics()
-        spikes = torch.empty(currents.shape, dtype=currents.dtype, device=currents.device)
-        potentials = torch.empty(graph_currents.shape, dtype=currents.dtype, device=currents.device)
-        with torch.no_grad():
-            for t0, t1, kept in ((0, start, None), (start, stop, potentials), (stop, currents.shape[0], None)):
-                if t1 > t0:
-                    _, carry = lif_forward(currents[t0:t1], carry, dyn, kept, spikes[t0:t1])
-        self.carry = carry
-        return mark_binary(spikes), mark_binary(LIFFromPotentials.apply(graph_currents, potentials, dyn))
