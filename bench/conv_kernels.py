@@ -118,7 +118,8 @@ def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     if cin * 9 < ms.SHALLOW_DEPTH:
         return {"forward": "unfold + matmul", "dX": "unfold + matmul", "dW": "unfold + matmul"}
     g = torch.empty(n, cout, size, size)
-    dw = ("NNPACK, samples as channels" if ms._dw_as_conv(g, x, (1, 1))
+    dw = (F23 if ms.WINOGRAD_DW_MIN_BATCH and n >= ms.WINOGRAD_DW_MIN_BATCH and winograd.applies(x, w, (1, 1), (1, 1))
+          else "NNPACK, samples as channels" if ms._dw_as_conv(g, x, (1, 1))
           else "unfold + matmul" if size * size <= ms.SMALL_MAP_PIXELS else "oneDNN")
     kernel = ("NNPACK Winograd" if ms._winograd(x, w, (1, 1), (1, 1))
               else F23 if winograd.applies(x, w, (1, 1), (1, 1)) else "oneDNN")

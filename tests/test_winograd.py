@@ -43,6 +43,39 @@ def test_forward_and_both_gradients_equal_the_convolution(shape, padding, bias):
     torch.testing.assert_close(winograd.conv3x3_weight_grad(g, x.detach(), padding), want_w, rtol=1e-12, atol=1e-12)
 
 
+def test_weight_gradient_in_parts_is_the_whole(monkeypatch):
+    """The weight gradient bounds its transformed temporaries by summing parts of the batch."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, 6, 5, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(7, 4, 6, 5, dtype=torch.float64)
+    want = torch.autograd.grad(F.conv2d(x, weight, None, 1, (1, 1)), weight, g)[0]
+    monkeypatch.setattr(winograd, "PART_VALUES", 2 * 16 * 3 * 3 * 4)  # two samples per part: four parts
+    torch.testing.assert_close(winograd.conv3x3_weight_grad(g, x, (1, 1)), want, rtol=1e-12, atol=1e-12)
+
+
+def test_engine_takes_the_winograd_weight_gradient_from_16_samples_in_float32(monkeypatch):
+    """Calls of at least WINOGRAD_DW_MIN_BATCH samples that F(2×2, 3×3) applies to compute their
+    weight gradient with it (fewer keep the picks measured faster at batch 8): PyTorch's float64
+    gradient within float32 rounding either way."""
+    from leanspike import multistep
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 128, 3, padding=1)
+    calls = []
+    real = winograd.conv3x3_weight_grad
+    monkeypatch.setattr(winograd, "conv3x3_weight_grad", lambda g, *a: calls.append(len(g)) or real(g, *a))
+    for batch in (8, multistep.WINOGRAD_DW_MIN_BATCH):
+        x = (torch.rand(batch, 128, 6, 6) < 0.3).float()
+        out = Conv2dSequence.apply(x, conv.weight, conv.bias, (1, 1), (1, 1))
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, [conv.weight, conv.bias], g)
+        _, want = float64_conv_reference(conv, x, g)
+        for a, b in zip(got, want[1:]):
+            assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max()
+    assert calls == [multistep.WINOGRAD_DW_MIN_BATCH]
+
+
 def test_applies_only_where_it_was_measured_to_pay():
     w = torch.zeros(128, 128, 3, 3)
     x = torch.zeros(8, 128, 6, 6)

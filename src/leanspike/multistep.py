@@ -334,6 +334,14 @@ def _weight_grad_as_conv(grad: torch.Tensor, x: torch.Tensor, padding: tuple) ->
     return out.transpose(0, 1).contiguous()  # [C, O, kh, kw] -> [O, C, kh, kw]
 
 
+#: samples from which the weight gradient of a convolution that F(2×2, 3×3) applies to
+#: (:func:`winograd.applies`) runs as F(2×2, 3×3) too (0: never). Per call on VGG-11's 12×12
+#: and 6×6 stages it took 0.6-0.8× the time of the kernel picked before (NNPACK, the unfolded
+#: product or oneDNN) from 16 samples, but up to 2.2× at 8 (bench/conv_kernels.py); whole BPTT
+#: iterations, interleaved and paired in one process: 0.97× at T = 6 (24 rounds), 0.94× at T = 10
+WINOGRAD_DW_MIN_BATCH = 16
+
+
 class Conv2dSequence(torch.autograd.Function):
     """A plain ``Conv2d`` over ``[t·B, C, H, W]`` that picks its kernels by size (see
     :func:`_winograd`): NNPACK for the forward and for the input gradient (the forward conv
@@ -384,7 +392,11 @@ class Conv2dSequence(torch.autograd.Function):
                 grad_x = torch.ops.aten.convolution_backward(
                     grad, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
                     [True, False, False])[0]
-        if need[1] and _dw_as_conv(grad, x, stride):
+        if (need[1] and WINOGRAD_DW_MIN_BATCH and grad.shape[0] >= WINOGRAD_DW_MIN_BATCH
+                and winograd.applies(x, weight, stride, padding)):
+            grad_w = winograd.conv3x3_weight_grad(grad, x, padding)
+            grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
+        elif need[1] and _dw_as_conv(grad, x, stride):
             grad_w = _weight_grad_as_conv(grad, x, padding)
             grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
         elif need[1] and grad.shape[2] * grad.shape[3] <= SMALL_MAP_PIXELS:

@@ -159,19 +159,36 @@ def conv3x3_input_grad(grad: torch.Tensor, kernels: torch.Tensor, padding: tuple
     return _output_transform(m, n, th, tw, h_out, w_out, flip=True)
 
 
+#: transformed values (input or output gradient tiles) one part of :func:`conv3x3_weight_grad`
+#: holds at once (16 MiB in float32): the whole batch of a BPTT interval would need ~50 MB each
+PART_VALUES = 1 << 22
+
+
 def conv3x3_weight_grad(grad: torch.Tensor, x: torch.Tensor, padding: tuple) -> torch.Tensor:
     """``dL/dW`` of :func:`conv3x3`: ``Gᵀ [Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)] G`` as 16 matrix
-    products over the tiles (the adjoint of the forward in the kernel)."""
+    products over the tiles (the adjoint of the forward in the kernel), summed over parts of
+    the batch of at most :data:`PART_VALUES` transformed values each."""
     n, o, h_out, w_out = grad.shape
-    th, tw = _tiles(h_out, w_out)
-    tiles = _input_transform(x, padding, th, tw)  # [16, P, C]
-    gp = grad.new_zeros(n, 2 * th, 2 * tw, o)  # the output gradient, channels-last, whole tiles
-    gp[:, :h_out, :w_out].copy_(grad.permute(0, 2, 3, 1))
-    g = gp.view(n, th, 2, tw, 2, o)
-    rows = torch.stack((g[:, :, 0], g[:, :, 0] + g[:, :, 1], g[:, :, 0] - g[:, :, 1], -g[:, :, 1]))  # A dy
-    a, b = rows[..., 0, :], rows[..., 1, :]  # [i, N, th, tw, O]
-    dm = torch.stack((a, a + b, a - b, -b)).view(16, n * th * tw, o)  # (A dy) Aᵀ, position j·4 + i
-    du = torch.bmm(tiles.transpose(1, 2), dm)  # [16, C, O]
     c = x.shape[1]
+    th, tw = _tiles(h_out, w_out)
+    part = max(1, PART_VALUES // (16 * th * tw * max(c, o)))
+    du = None
+    for i in range(0, n, part):
+        k = min(part, n - i)
+        tiles = _input_transform(x[i:i + k], padding, th, tw)  # [16, P, C]
+        gp = grad.new_zeros(k, 2 * th, 2 * tw, o)  # the output gradient, channels-last, whole tiles
+        gp[:, :h_out, :w_out].copy_(grad[i:i + k].permute(0, 2, 3, 1))
+        g = gp.view(k, th, 2, tw, 2, o)
+        rows = torch.stack((g[:, :, 0], g[:, :, 0] + g[:, :, 1], g[:, :, 0] - g[:, :, 1], -g[:, :, 1]))  # A dy
+        del gp, g
+        a, b = rows[..., 0, :], rows[..., 1, :]  # [i, N, th, tw, O]
+        dm = torch.stack((a, a + b, a - b, -b)).view(16, k * th * tw, o)  # (A dy) Aᵀ, position j·4 + i
+        del rows, a, b
+        if du is None:
+            du = torch.bmm(tiles.transpose(1, 2), dm)  # [16, C, O]
+        else:
+            du.baddbmm_(tiles.transpose(1, 2), dm)
+        del tiles, dm
+    assert du is not None
     dw = _kernel_matrix(grad).t() @ du.transpose(1, 2).reshape(16, o * c)  # Gᵀ du G, [9, O·C]
     return dw.t().reshape(o, c, 3, 3)
