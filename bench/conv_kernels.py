@@ -91,6 +91,10 @@ def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Ca
             "unfold + matmul": unfolded_weight_grad,
         },
     }
+    if cin * 9 >= 64:  # leanspike's shifted windows (deeper layers)
+        from leanspike.multistep import _weight_grad_shifted
+
+        out["dW"]["shifted windows"] = lambda: _weight_grad_shifted(g, x, w, (1, 1), (1, 1))
     if cin >= 16:  # F(2×2, 3×3) in PyTorch ops, kernels transformed once per batch as the engine does
         from leanspike import winograd
 
@@ -120,7 +124,7 @@ def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     g = torch.empty(n, cout, size, size)
     dw = (F23 if ms.WINOGRAD_DW_MIN_BATCH and n >= ms.WINOGRAD_DW_MIN_BATCH and winograd.applies(x, w, (1, 1), (1, 1))
           else "NNPACK, samples as channels" if ms._dw_as_conv(g, x, (1, 1))
-          else "unfold + matmul" if size * size <= ms.SMALL_MAP_PIXELS else "oneDNN")
+          else "shifted windows" if size * size <= ms.SMALL_MAP_PIXELS else "oneDNN")
     kernel = ("NNPACK Winograd" if ms._winograd(x, w, (1, 1), (1, 1))
               else F23 if winograd.applies(x, w, (1, 1), (1, 1)) else "oneDNN")
     return {"forward": kernel, "dX": kernel, "dW": dw}

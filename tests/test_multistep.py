@@ -262,9 +262,9 @@ def test_small_map_weight_gradient_in_parts_is_the_whole(float64, monkeypatch):
     conv = nn.Conv2d(3, 4, 3, padding=1)
     x = torch.randn(7, 3, 5, 5)
     g = torch.randn(7, 4, 5, 5)
-    whole = multistep._weight_grad_unfolded(g, x, conv.weight, (1, 1), (1, 1))
-    monkeypatch.setattr(multistep, "UNFOLD_VALUES", 2 * 27 * 25)  # two samples per part: four parts
-    parts = multistep._weight_grad_unfolded(g, x, conv.weight, (1, 1), (1, 1))
+    whole = multistep._weight_grad_shifted(g, x, conv.weight, (1, 1), (1, 1))
+    monkeypatch.setattr(multistep, "SHIFT_VALUES", 2 * 3 * 7 * 7)  # two samples per part: four parts
+    parts = multistep._weight_grad_shifted(g, x, conv.weight, (1, 1), (1, 1))
     ref = torch.ops.aten.convolution_backward(g, x, conv.weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                               [False, True, False])[1]
     torch.testing.assert_close(whole, ref, **TOL)

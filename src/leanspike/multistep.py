@@ -276,35 +276,48 @@ _NNPACK = torch._nnpack_available()
 SHALLOW_DEPTH = 64
 
 
-#: output pixels per sample up to which a weight gradient runs as one matrix product over the
-#: unfolded input: oneDNN's weight-gradient kernel is slow on tiny maps (VGG-11's 3×3 stage on
-#: 48×48 events: 118 ms against 44 ms at 48 samples, 13 against 8.5 ms at 8, one thread), while on
-#: larger maps (12×12 and up) it is the faster one
-SMALL_MAP_PIXELS = 36
+#: output pixels per sample up to which a weight gradient runs as kh·kw matrix products over
+#: shifted windows of the input (:func:`_weight_grad_shifted`): oneDNN's weight-gradient kernel
+#: is slow on small maps (VGG-11's 6×6 stage, 512 → 512: 20.3 against 9.1 ms at 8 samples; its
+#: 12×12 stage: 10.6 against 9.0), while on 24×24 maps with 64 channels it is the faster one
+#: (4.5 against 5.3 ms). Per call, 2 threads (bench/conv_kernels.py)
+SMALL_MAP_PIXELS = 144
 
 
-#: values of the unfolded input one part of :func:`_weight_grad_unfolded` holds (16 MiB in
-#: float32): unfolding all T·B samples at once made VGG-11's 6×6 stage hold 2 × 53 MiB at
-#: T = 10, which raised BPTT's peak RSS by about 50 MiB for no gain in time
-UNFOLD_VALUES = 1 << 22
+#: input values one part of :func:`_weight_grad_shifted` holds in each of its two copies (16 MiB
+#: in float32): all T·B samples at once made VGG-11's 6×6 stage hold 2 × 53 MiB at T = 10, which
+#: raised BPTT's peak RSS by about 50 MiB for no gain in time
+SHIFT_VALUES = 1 << 22
 
 
-def _weight_grad_unfolded(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: tuple,
-                          padding: tuple) -> torch.Tensor:
-    """``dL/dW`` of a plain convolution as ``Σ grad [O, n·L] @ unfold(x) [n·L, C·kh·kw]`` over
-    parts of ``n`` samples (at most :data:`UNFOLD_VALUES` unfolded values each)."""
-    n, out_channels = grad.shape[:2]
-    per_sample = weight[0].numel() * grad.shape[2] * grad.shape[3]
-    part = max(1, UNFOLD_VALUES // per_sample)
-    total = None
-    for i in range(0, n, part):
-        cols = _unfold(x[i:i + part], weight, (stride, padding, (1, 1)))  # [n, C·kh·kw, L]
-        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        del cols
-        product = grad[i:i + part].transpose(0, 1).reshape(out_channels, -1) @ rows
-        total = product if total is None else total.add_(product)
-    assert total is not None
-    return total.view_as(weight)
+def _weight_grad_shifted(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: tuple,
+                         padding: tuple) -> torch.Tensor:
+    """``dL/dW`` of a plain convolution as one matrix product per kernel position (i, j):
+    ``dW[:, :, i, j] = grad [O, n·L] @ window_ij(x) [n·L, C]``, the window being the zero-padded
+    input, channels-last, shifted by (i, j) (a strided copy, where unfolding builds all kh·kw
+    windows at once through a slower gather). Summed over parts of ``n`` samples (at most
+    :data:`SHIFT_VALUES` values per copy)."""
+    n, out_channels, h_out, w_out = grad.shape
+    channels, h, w = x.shape[1:]
+    kh, kw = weight.shape[2:]
+    (sh, sw), (ph, pw) = stride, padding
+    per_sample = max(channels * (h + 2 * ph) * (w + 2 * pw), channels * h_out * w_out)
+    part = max(1, SHIFT_VALUES // per_sample)
+    dw = grad.new_empty(kh, kw, out_channels, channels)
+    for start in range(0, n, part):
+        k = min(part, n - start)
+        padded = x.new_zeros(k, h + 2 * ph, w + 2 * pw, channels)
+        padded[:, ph:ph + h, pw:pw + w].copy_(x[start:start + k].permute(0, 2, 3, 1))
+        g = grad[start:start + k].transpose(0, 1).reshape(out_channels, -1)  # [O, k·L]
+        window = x.new_empty(k, h_out, w_out, channels)
+        for i in range(kh):
+            for j in range(kw):
+                window.copy_(padded[:, i:i + sh * (h_out - 1) + 1:sh, j:j + sw * (w_out - 1) + 1:sw])
+                if start == 0:
+                    torch.mm(g, window.view(-1, channels), out=dw[i, j])
+                else:
+                    dw[i, j].addmm_(g, window.view(-1, channels))
+    return dw.permute(2, 3, 0, 1).contiguous()
 
 
 #: samples from which a weight gradient runs as an NNPACK convolution (:func:`_weight_grad_as_conv`);
@@ -348,8 +361,8 @@ class Conv2dSequence(torch.autograd.Function):
     of the output gradient with the flipped kernel) of big stride-1 calls, F(2×2, 3×3) in
     PyTorch ops (:mod:`leanspike.winograd`) for small-batch 3×3 ones, oneDNN otherwise;
     the weight gradient of big stride-1 calls by NNPACK too (:func:`_weight_grad_as_conv`),
-    else by oneDNN, or on maps of at most :data:`SMALL_MAP_PIXELS` pixels as one matrix
-    product. Saves what ``F.conv2d`` saves (input and weight)."""
+    else by oneDNN, or on maps of at most :data:`SMALL_MAP_PIXELS` pixels as matrix products
+    over shifted windows of the input. Saves what ``F.conv2d`` saves (input and weight)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride: tuple, padding: tuple):  # type: ignore[override]
@@ -400,7 +413,7 @@ class Conv2dSequence(torch.autograd.Function):
             grad_w = _weight_grad_as_conv(grad, x, padding)
             grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
         elif need[1] and grad.shape[2] * grad.shape[3] <= SMALL_MAP_PIXELS:
-            grad_w = _weight_grad_unfolded(grad, x, weight, stride, padding)
+            grad_w = _weight_grad_shifted(grad, x, weight, stride, padding)
             grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
         elif need[1] or (ctx.has_bias and need[2]):
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(
