@@ -351,7 +351,8 @@ def _weight_grad_as_conv(grad: torch.Tensor, x: torch.Tensor, padding: tuple) ->
 #: (:func:`winograd.applies`) runs as F(2×2, 3×3) too (0: never). Per call on VGG-11's 12×12
 #: and 6×6 stages it took 0.6-0.8× the time of the kernel picked before (NNPACK, the unfolded
 #: product or oneDNN) from 16 samples, but up to 2.2× at 8 (bench/conv_kernels.py); whole BPTT
-#: iterations, interleaved and paired in one process: 0.97× at T = 6 (24 rounds), 0.94× at T = 10
+#: iterations, interleaved and paired in one process: 0.97× at T = 6 (24 rounds), 0.94× at T = 10;
+#: from 8 samples instead, SLTT 1.03× and SLTT-K (K = 1) 1.05× (12 rounds)
 WINOGRAD_DW_MIN_BATCH = 16
 
 
