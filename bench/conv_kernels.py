@@ -122,9 +122,8 @@ def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     if cin * 9 < ms.SHALLOW_DEPTH:
         return {"forward": "unfold + matmul", "dX": "unfold + matmul", "dW": "unfold + matmul"}
     g = torch.empty(n, cout, size, size)
-    dw = (F23 if ms.WINOGRAD_DW_MIN_BATCH and n >= ms.WINOGRAD_DW_MIN_BATCH and winograd.applies(x, w, (1, 1), (1, 1))
-          else "NNPACK, samples as channels" if ms._dw_as_conv(g, x, (1, 1))
-          else "shifted windows" if size * size <= ms.SMALL_MAP_PIXELS else "oneDNN")
+    dw = {"winograd": F23, "nnpack": "NNPACK, samples as channels", "shifted": "shifted windows",
+          "oneDNN": "oneDNN"}[ms.weight_grad_kernel(g, x, w, (1, 1), (1, 1))]
     kernel = ("NNPACK Winograd" if ms._winograd(x, w, (1, 1), (1, 1))
               else F23 if winograd.applies(x, w, (1, 1), (1, 1)) else "oneDNN")
     return {"forward": kernel, "dX": kernel, "dW": dw}

@@ -356,6 +356,18 @@ def _weight_grad_as_conv(grad: torch.Tensor, x: torch.Tensor, padding: tuple) ->
 WINOGRAD_DW_MIN_BATCH = 16
 
 
+def weight_grad_kernel(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: tuple,
+                       padding: tuple) -> str:
+    """The kernel :class:`Conv2dSequence` takes for a weight gradient: ``"winograd"`` (F(2×2, 3×3)),
+    ``"nnpack"`` (:func:`_weight_grad_as_conv`), ``"shifted"`` (:func:`_weight_grad_shifted`) or ``"oneDNN"``."""
+    if (WINOGRAD_DW_MIN_BATCH and grad.shape[0] >= WINOGRAD_DW_MIN_BATCH
+            and winograd.applies(x, weight, stride, padding)):
+        return "winograd"
+    if _dw_as_conv(grad, x, stride):
+        return "nnpack"
+    return "shifted" if grad.shape[2] * grad.shape[3] <= SMALL_MAP_PIXELS else "oneDNN"
+
+
 class Conv2dSequence(torch.autograd.Function):
     """A plain ``Conv2d`` over ``[t·B, C, H, W]`` that picks its kernels by size (see
     :func:`_winograd`): NNPACK for the forward and for the input gradient (the forward conv
@@ -406,15 +418,11 @@ class Conv2dSequence(torch.autograd.Function):
                 grad_x = torch.ops.aten.convolution_backward(
                     grad, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
                     [True, False, False])[0]
-        if (need[1] and WINOGRAD_DW_MIN_BATCH and grad.shape[0] >= WINOGRAD_DW_MIN_BATCH
-                and winograd.applies(x, weight, stride, padding)):
-            grad_w = winograd.conv3x3_weight_grad(grad, x, padding)
-            grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
-        elif need[1] and _dw_as_conv(grad, x, stride):
-            grad_w = _weight_grad_as_conv(grad, x, padding)
-            grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
-        elif need[1] and grad.shape[2] * grad.shape[3] <= SMALL_MAP_PIXELS:
-            grad_w = _weight_grad_shifted(grad, x, weight, stride, padding)
+        kernel = weight_grad_kernel(grad, x, weight, stride, padding) if need[1] else "oneDNN"
+        if kernel != "oneDNN":
+            grad_w = (winograd.conv3x3_weight_grad(grad, x, padding) if kernel == "winograd"
+                      else _weight_grad_as_conv(grad, x, padding) if kernel == "nnpack"
+                      else _weight_grad_shifted(grad, x, weight, stride, padding))
             grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
         elif need[1] or (ctx.has_bias and need[2]):
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(
