@@ -42,11 +42,14 @@ def step_norm_forward(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm,
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     stats = out.new_empty((2, steps, channels), dtype=bn.weight.dtype if bn.weight is not None else x.dtype)
     track = bn.training and bn.track_running_stats
+    counted = track and bn.num_batches_tracked is not None
+    if counted and bn.momentum is not None:  # one addition instead of T (a kernel each on a GPU)
+        bn.num_batches_tracked.add_(steps)  # type: ignore[union-attr]
     for t in range(steps):
         factor = 0.0 if bn.momentum is None else bn.momentum
-        if track and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        if counted and bn.momentum is None:  # cumulative average: step t's weight is 1 / its count
+            bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+            factor = 1.0 / float(bn.num_batches_tracked)  # type: ignore[arg-type]
         running = (bn.running_mean, bn.running_var) if track else (None, None)
         torch.ops.aten.native_batch_norm.out(x[t] if step is None else step(t), bn.weight, bn.bias, *running, True,
                                             factor, bn.eps, out=out[t], save_mean=stats[0, t],

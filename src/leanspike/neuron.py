@@ -19,10 +19,16 @@ With autograd on, a step (or a whole sequence, :meth:`LIF.forward_sequence`) is 
 autograd function that saves only the membrane potentials ``u`` (one float per neuron
 and step); spikes, surrogate derivatives and reset terms are recomputed from ``u`` in
 backward. The forward values are bit for bit those of the plain equations above.
+
+On CUDA tensors, when Triton is installed, the time loop runs as one kernel per
+direction (:mod:`leanspike.lif_triton`) instead of a few kernels per step; the values are
+the same (the forward's bit for bit). ``USE_TRITON = False`` keeps the tensor path.
 """
 
 from __future__ import annotations
 
+from functools import cache
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
@@ -33,6 +39,25 @@ from .state import Stateful
 from .surrogate import Surrogate, Triangle, make_surrogate
 
 RESET_MODES = ("soft", "hard", "soft-unleaked")
+#: run the time loop of CUDA tensors as Triton kernels when Triton is installed
+USE_TRITON = True
+
+
+@cache
+def _triton_kernels() -> ModuleType | None:
+    """:mod:`leanspike.lif_triton`, imported on first use (None without Triton)."""
+    try:
+        from . import lif_triton
+    except ImportError:
+        return None
+    return lif_triton
+
+
+def _kernels_for(tensor: torch.Tensor) -> ModuleType | None:
+    if not (USE_TRITON and tensor.is_cuda):
+        return None
+    kernels = _triton_kernels()
+    return kernels if kernels is not None and kernels.usable(tensor) else None
 
 
 class Dynamics(NamedTuple):
@@ -62,6 +87,10 @@ def lif_forward(currents: torch.Tensor, carry: torch.Tensor | None, dyn: Dynamic
     ``potentials``, when given (shaped like ``currents``), receives every ``u[t]``. No
     autograd graph is built: callers run it under ``no_grad`` or inside a Function.
     """
+    kernels = _kernels_for(currents)
+    if kernels is not None and (carry is None or carry.shape == currents.shape[1:]) \
+            and (potentials is None or potentials.is_contiguous()):
+        return kernels.lif_forward(currents, carry, dyn.decay, dyn.v_threshold, dyn.reset, potentials)
     spikes = torch.empty_like(currents)
     for t in range(currents.shape[0]):
         if carry is None:
@@ -85,6 +114,10 @@ def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor | None, gra
     reset is detached), so ``dL/du[t] = h·(dL/ds − k·dL/du[t+1]) + λ·dL/du[t+1]``.
     """
     lam, th = dyn.decay, dyn.v_threshold
+    kernels = _kernels_for(potentials)
+    if kernels is not None and not (dyn.reset == "hard" and dyn.temporal_routes) \
+            and (grad_spikes is not None or (dyn.temporal_routes and grad_carry is not None)):
+        return kernels.lif_backward(potentials, grad_spikes, grad_carry, dyn)
     if not dyn.temporal_routes:  # dL/du[t] = dL/ds[t]·h[t]: every step as if its carry were detached
         if grad_spikes is None:
             return torch.zeros_like(potentials)
@@ -92,9 +125,9 @@ def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor | None, gra
     if dyn.reset == "hard":
         return _hard_backward(potentials, grad_spikes, grad_carry, dyn)
     grad = dyn.surrogate.derivative_(potentials - th)  # h, overwritten step by step with dL/du
+    k = 0.0 if dyn.detach_reset else (lam * th if dyn.reset == "soft" else th)
     if grad_spikes is None:
         grad_spikes = torch.zeros_like(potentials)
-    k = 0.0 if dyn.detach_reset else (lam * th if dyn.reset == "soft" else th)
     upstream = grad_carry
     scratch = None
     for t in range(potentials.shape[0] - 1, -1, -1):
