@@ -92,6 +92,13 @@ def infer(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return total / inputs.shape[0]
 
 
+def _float_sum(values: list[torch.Tensor]) -> float:
+    """``sum(float(v) for v in values)`` with one device read instead of one per value."""
+    if len({v.dtype for v in values}) == 1 and all(v.dim() == 0 for v in values):
+        return sum(torch.stack(values).tolist())
+    return sum(float(v) for v in values)
+
+
 def _same(t: torch.Tensor) -> torch.Tensor:
     return t
 
@@ -181,8 +188,9 @@ class Engine:
         sequence = self.supports_sequence()
         n_blocks = len(self.blocks)
         out_sum: torch.Tensor | None = None
-        loss_total = 0.0
-        local_totals = [0.0] * n_blocks
+        # every window's loss per block, read once at the end: a read per interval would make
+        # the host wait for the device at every step (on a GPU, no overlap of the two)
+        block_losses: list[list[torch.Tensor]] = [[] for _ in range(n_blocks)]
         n_backward = n_updates = 0
         with CompactSaved(), KernelCache(), _temporal_routes(modules, schedule.temporal_routes):
             for chunk in self._chunks(schedule, sequence):
@@ -205,10 +213,8 @@ class Engine:
                     if with_graph and losses[0].requires_grad:
                         backward(losses[0] * schedule.loss_scale)
                         n_backward += 1
-                    block_loss = sum(float(value.detach()) for value in losses)
-                    local_totals[b] += block_loss
+                    block_losses[b].extend(value.detach() for value in losses)
                     if b == n_blocks - 1:
-                        loss_total += block_loss
                         window_sum = window.detach().sum(0)
                         out_sum = window_sum if out_sum is None else out_sum + window_sum
                     else:
@@ -225,5 +231,6 @@ class Engine:
         assert out_sum is not None
         mean_output = out_sum / total
         detach_states(*modules)
-        return StepResult(loss_total, mean_output.argmax(1), mean_output, n_backward, n_updates,
+        local_totals = [_float_sum(values) for values in block_losses]
+        return StepResult(local_totals[-1], mean_output.argmax(1), mean_output, n_backward, n_updates,
                           local_totals if n_blocks > 1 else [])
