@@ -53,11 +53,19 @@ def _triton_kernels() -> ModuleType | None:
     return lif_triton
 
 
+@cache
+def _triton_device(index: int) -> bool:
+    """Triton compiles for NVIDIA GPUs of compute capability 7.0 and later (and for ROCm)."""
+    return torch.version.hip is not None or torch.cuda.get_device_capability(index) >= (7, 0)
+
+
 def _kernels_for(tensor: torch.Tensor) -> ModuleType | None:
     if not (USE_TRITON and tensor.is_cuda):
         return None
     kernels = _triton_kernels()
-    return kernels if kernels is not None and kernels.usable(tensor) else None
+    if kernels is None or not kernels.usable(tensor) or not _triton_device(tensor.device.index or 0):
+        return None
+    return kernels
 
 
 class Dynamics(NamedTuple):
