@@ -62,12 +62,24 @@ def _constant(hi, mid, lo, COMPUTE: tl.constexpr):
 
 
 @triton.jit
+def _round(x, DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
+    """``x`` rounded to the tensor's dtype, as a tensor operation's result is (no-op in float32/64)."""
+    return x.to(DTYPE).to(COMPUTE)
+
+
+@triton.jit
+def _lanes(n, BLOCK: tl.constexpr):
+    """This program's neurons (int64 offsets within one step) and which of them exist."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < n
+
+
+@triton.jit
 def _lif_forward_kernel(currents_ptr, carry_ptr, spikes_ptr, potentials_ptr, last_ptr, steps, n,
                         decay_hi, decay_mid, decay_lo, th_hi, th_mid, th_lo,
                         RESET: tl.constexpr, HAS_CARRY: tl.constexpr, SAVE_U: tl.constexpr,
                         BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    offs, mask = _lanes(n, BLOCK)
     DTYPE: tl.constexpr = currents_ptr.dtype.element_ty
     COMPUTE: tl.constexpr = tl.float64 if DTYPE == tl.float64 else tl.float32
     decay = _constant(decay_hi, decay_mid, decay_lo, COMPUTE)
@@ -77,22 +89,19 @@ def _lif_forward_kernel(currents_ptr, carry_ptr, spikes_ptr, potentials_ptr, las
         carry = tl.load(carry_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     for t in tl.range(0, steps):
         x = tl.load(currents_ptr + t * n + offs, mask=mask, other=0.0).to(COMPUTE)
-        if HAS_CARRY:
-            u = (carry + x).to(DTYPE).to(COMPUTE)
-        elif t == 0:
-            u = x  # no carry at rest: u[0] = I[0] itself (as the tensor path copies it)
-        else:
-            u = (carry + x).to(DTYPE).to(COMPUTE)
+        u = _round(carry + x, DTYPE, COMPUTE)
+        if not HAS_CARRY:  # at rest: u[0] = I[0] itself (as the tensor path copies it)
+            u = tl.where(t == 0, x, u)
         s = (u >= th).to(COMPUTE)
         if SAVE_U:
             tl.store(potentials_ptr + t * n + offs, u.to(DTYPE), mask=mask)
         tl.store(spikes_ptr + t * n + offs, s.to(DTYPE), mask=mask)
         if RESET == 0:  # λ·(u − V_th·s)
-            carry = ((u - th * s).to(DTYPE).to(COMPUTE) * decay).to(DTYPE).to(COMPUTE)
+            carry = _round(_round(u - th * s, DTYPE, COMPUTE) * decay, DTYPE, COMPUTE)
         elif RESET == 1:  # λ·u·(1 − s)
-            carry = ((decay * u).to(DTYPE).to(COMPUTE) * (1.0 - s)).to(DTYPE).to(COMPUTE)
+            carry = _round(_round(decay * u, DTYPE, COMPUTE) * (1.0 - s), DTYPE, COMPUTE)
         else:  # λ·u − V_th·s
-            carry = ((decay * u).to(DTYPE).to(COMPUTE) - th * s).to(DTYPE).to(COMPUTE)
+            carry = _round(_round(decay * u, DTYPE, COMPUTE) - th * s, DTYPE, COMPUTE)
     tl.store(last_ptr + offs, carry.to(DTYPE), mask=mask)
 
 
@@ -102,15 +111,15 @@ def _surrogate(x, p, q, SURROGATE: tl.constexpr, DTYPE: tl.constexpr, COMPUTE: t
     if SURROGATE == 0:  # Rectangle: 1(|x| < γ/2) / γ, p = γ/2, q = γ
         h = (tl.abs(x) < p).to(COMPUTE) / q
     elif SURROGATE == 1:  # Triangle: max(0, γ − |x|) / γ², p = γ, q = γ²
-        h = tl.maximum((p - tl.abs(x)).to(DTYPE).to(COMPUTE), 0.0) / q
+        h = tl.maximum(_round(p - tl.abs(x), DTYPE, COMPUTE), 0.0) / q
     elif SURROGATE == 2:  # Sigmoid: α·(1 − σ)·σ with σ = sigmoid(α·x), p = α
-        z = (p * x).to(DTYPE).to(COMPUTE)
-        sg = (1.0 / (1.0 + tl.exp(-z))).to(DTYPE).to(COMPUTE)
+        z = _round(p * x, DTYPE, COMPUTE)
+        sg = _round(1.0 / (1.0 + tl.exp(-z)), DTYPE, COMPUTE)
         h = p * (1.0 - sg) * sg
     else:  # Atan: (α/2) / (1 + (π/2·α·x)²), p = α/2, q = π/2·α
-        y = (q * x).to(DTYPE).to(COMPUTE)
-        h = p / (1.0 + (y * y).to(DTYPE).to(COMPUTE)).to(DTYPE).to(COMPUTE)
-    return h.to(DTYPE).to(COMPUTE)
+        y = _round(q * x, DTYPE, COMPUTE)
+        h = p / _round(1.0 + _round(y * y, DTYPE, COMPUTE), DTYPE, COMPUTE)
+    return _round(h, DTYPE, COMPUTE)
 
 
 @triton.jit
@@ -119,8 +128,7 @@ def _lif_backward_kernel(potentials_ptr, grad_ptr, grad_spikes_ptr, grad_carry_p
                          p_hi, p_mid, p_lo, q_hi, q_mid, q_lo,
                          SURROGATE: tl.constexpr, ROUTES: tl.constexpr, HAS_GRAD_SPIKES: tl.constexpr,
                          HAS_GRAD_CARRY: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+    offs, mask = _lanes(n, BLOCK)
     DTYPE: tl.constexpr = grad_ptr.dtype.element_ty
     COMPUTE: tl.constexpr = tl.float64 if DTYPE == tl.float64 else tl.float32
     lam = _constant(lam_hi, lam_mid, lam_lo, COMPUTE)
@@ -137,18 +145,18 @@ def _lif_backward_kernel(potentials_ptr, grad_ptr, grad_spikes_ptr, grad_carry_p
             h = tl.load(grad_ptr + t * n + offs, mask=mask, other=0.0).to(COMPUTE)
         else:
             u = tl.load(potentials_ptr + t * n + offs, mask=mask, other=0.0).to(COMPUTE)
-            h = _surrogate((u - th).to(DTYPE).to(COMPUTE), p, q, SURROGATE, DTYPE, COMPUTE)
+            h = _surrogate(_round(u - th, DTYPE, COMPUTE), p, q, SURROGATE, DTYPE, COMPUTE)
         gs = tl.zeros([BLOCK], COMPUTE)
         if HAS_GRAD_SPIKES:
             gs = tl.load(grad_spikes_ptr + t * n + offs, mask=mask, other=0.0).to(COMPUTE)
         if ROUTES:
             # dL/du[t] = h·(dL/ds[t] − k·dL/du[t+1]) + λ·dL/du[t+1]; at the last step without a
             # carry gradient, dL/du[t+1] = 0 (the tensor path's ``upstream is None``)
-            g = (h * (gs - k * upstream).to(DTYPE).to(COMPUTE)).to(DTYPE).to(COMPUTE)
-            g = (g + lam * upstream).to(DTYPE).to(COMPUTE)
+            g = _round(h * _round(gs - k * upstream, DTYPE, COMPUTE), DTYPE, COMPUTE)
+            g = _round(g + lam * upstream, DTYPE, COMPUTE)
             upstream = g
         else:  # no temporal routes (SLTT): every step's own dL/ds·h
-            g = (h * gs).to(DTYPE).to(COMPUTE)
+            g = _round(h * gs, DTYPE, COMPUTE)
         tl.store(grad_ptr + t * n + offs, g.to(DTYPE), mask=mask)
 
 
@@ -207,7 +215,7 @@ def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor | None, gra
     n = potentials.numel() // steps
     code, p, q = _surrogate_code(dyn.surrogate)
     lam, th = dyn.decay, dyn.v_threshold
-    k = 0.0 if dyn.detach_reset else (lam * th if dyn.reset == "soft" else th)
+    k = dyn.reset_weight
     if code < 0:
         grad = dyn.surrogate.derivative_(potentials - th)
     else:

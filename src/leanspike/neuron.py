@@ -78,6 +78,13 @@ class Dynamics(NamedTuple):
     detach_reset: bool
     temporal_routes: bool = True  # False: backward keeps only each step's own route (SLTT)
 
+    @property
+    def reset_weight(self) -> float:
+        """``k`` in a soft reset's ``∂c/∂u = λ − k·h``: λ·V_th, V_th outside the leak, 0 if detached."""
+        if self.detach_reset:
+            return 0.0
+        return self.decay * self.v_threshold if self.reset == "soft" else self.v_threshold
+
 
 def _next_carry(u: torch.Tensor, s: torch.Tensor, dyn: Dynamics) -> torch.Tensor:
     """``c[t]`` from ``u[t]`` and ``s[t]`` (the same operations, so the same rounding, as the equations)."""
@@ -133,7 +140,7 @@ def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor | None, gra
     if dyn.reset == "hard":
         return _hard_backward(potentials, grad_spikes, grad_carry, dyn)
     grad = dyn.surrogate.derivative_(potentials - th)  # h, overwritten step by step with dL/du
-    k = 0.0 if dyn.detach_reset else (lam * th if dyn.reset == "soft" else th)
+    k = dyn.reset_weight
     if grad_spikes is None:
         grad_spikes = torch.zeros_like(potentials)
     upstream = grad_carry
