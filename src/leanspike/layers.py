@@ -108,6 +108,19 @@ class _StepBatchNorm:
     own) and what "BN through time" (statistics over all T·B samples) is not.
     """
 
+    def check_sequence(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``[T, B, C, ...]`` with this norm's channels (and,
+        training, more than one value per channel and step)."""
+        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
+        if x.dim() < 3:
+            raise ValueError(f"forward_sequence expects [T, B, C, ...], got shape {tuple(x.shape)}")
+        bn._check_input_dim(x[0])
+        if x.shape[2] != bn.num_features:
+            raise ValueError(f"expected {bn.num_features} channels at dim 2, got {x.shape[2]}")
+        count = x[0].numel() // x.shape[2]
+        if bn.training and count < 2:
+            raise ValueError(f"expected more than 1 value per channel when training, got {count}")
+
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` ``[T, B, C, ...]`` as T calls of ``forward`` would, in one pass.
 
@@ -115,20 +128,11 @@ class _StepBatchNorm:
         T sequential calls (the same kernel per step); backward saves only ``x``.
         """
         bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
-        if x.dim() < 3:
-            raise ValueError(f"forward_sequence expects [T, B, C, ...], got shape {tuple(x.shape)}")
-        bn._check_input_dim(x[0])
-        steps, batch, channels = x.shape[:3]
-        if channels != bn.num_features:
-            raise ValueError(f"expected {bn.num_features} channels at dim 2, got {channels}")
-        use_batch_stats = bn.training or not bn.track_running_stats
-        if not use_batch_stats:  # eval with running statistics: every step alike
-            flat = x.reshape(steps * batch, *x.shape[2:])
+        self.check_sequence(x)
+        if not (bn.training or not bn.track_running_stats):  # eval with running statistics: every step alike
+            flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
             return F.batch_norm(flat, bn.running_mean, bn.running_var, bn.weight, bn.bias,
                                 False, 0.0, bn.eps).reshape(x.shape)
-        count = x[0].numel() // channels
-        if bn.training and count < 2:
-            raise ValueError(f"expected more than 1 value per channel when training, got {count}")
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, bn.weight, bn.bias)):
             return StepNorm.apply(x, bn.weight, bn.bias, bn)
         with torch.no_grad():

@@ -10,7 +10,8 @@ what is saved for backward shrinks:
 - a per-step batch norm normalises each step with that step's statistics in one pass
   and saves only its input (:class:`~leanspike.layers.StepNorm`);
 - an LIF runs its time loop inside one autograd function that saves ``u`` only
-  (:class:`~leanspike.neuron.LIFSequence`);
+  (:class:`~leanspike.neuron.LIFSequence`); after a per-step batch norm, the pair keeps
+  only the norm's output, from which backward rebuilds both (:mod:`~leanspike.norm_lif`);
 - a convolution fed by the engine's input, followed by a per-step batch norm, saves
   nothing new: its output is recomputed in backward from the input, which is kept
   anyway (:class:`InputConvNorm`);
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import pooling, winograd
+from . import norm_lif, pooling, winograd
 from .compact import mark_derived
 from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, _StepBatchNorm, step_norm_forward
 from .neuron import LIF
@@ -504,6 +505,10 @@ def run_sequence(seq: nn.Sequential, x: torch.Tensor, kept_input: bool = False) 
         nxt = children[i + 1] if i + 1 < len(children) else None
         if i == 0 and kept_input and nxt is not None and _input_conv_norm(m, nxt, x):
             x = input_conv_norm(m, nxt, x)  # type: ignore[arg-type]
+            i += 2
+            continue
+        if nxt is not None and norm_lif.applies(m, nxt, x):  # the pair saves one tensor (NormLIF)
+            x = norm_lif.norm_lif(m, nxt, x)  # type: ignore[arg-type]
             i += 2
             continue
         if isinstance(m, nn.Sequential):

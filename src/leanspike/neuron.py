@@ -96,17 +96,22 @@ def _next_carry(u: torch.Tensor, s: torch.Tensor, dyn: Dynamics) -> torch.Tensor
 
 
 def lif_forward(currents: torch.Tensor, carry: torch.Tensor | None, dyn: Dynamics,
-                potentials: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                potentials: torch.Tensor | None = None,
+                spikes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``[T, ...]`` currents from ``carry`` (None: rest); return spikes and the last carry.
 
-    ``potentials``, when given (shaped like ``currents``), receives every ``u[t]``. No
-    autograd graph is built: callers run it under ``no_grad`` or inside a Function.
+    ``potentials``, when given (shaped like ``currents``), receives every ``u[t]``. ``spikes``
+    is where the tensor path writes the spikes, step by step (default: a new tensor; a
+    caller that wants only ``u`` may pass one step's buffer expanded over T); the Triton
+    kernels make their own, so use the returned spikes. No autograd graph is built:
+    callers run it under ``no_grad`` or inside a Function.
     """
     kernels = _kernels_for(currents)
     if kernels is not None and (carry is None or carry.shape == currents.shape[1:]) \
             and (potentials is None or potentials.is_contiguous()):
         return kernels.lif_forward(currents, carry, dyn.decay, dyn.v_threshold, dyn.reset, potentials)
-    spikes = torch.empty_like(currents)
+    if spikes is None:
+        spikes = torch.empty_like(currents)
     for t in range(currents.shape[0]):
         if carry is None:
             u = currents[t] if potentials is None else potentials[t].copy_(currents[t])

@@ -1,0 +1,91 @@
+"""A per-step batch norm followed by an LIF layer, over a sequence, saving one tensor.
+
+Run apart, the two keep two floats per neuron and step for backward: the norm its input
+``x`` (:class:`~leanspike.layers.StepNorm`), the neuron its potentials ``u``
+(:class:`~leanspike.neuron.LIFSequence`). Both are functions of the norm's output ``y``:
+``u`` is the neuron's forward recurrence over ``y`` (recomputed in backward with the same
+operations, so bit for bit), and the normalised input is ``(y − β) / γ`` per channel. So
+:class:`NormLIF` keeps ``y`` (and the initial carry, one step, if there is one) and
+nothing else: over T steps about half of what the pair kept.
+
+The rebuilt normalised input differs from the original by rounding, amplified by
+``1 + |β/γ|``; :func:`applies` takes the pair only where every channel has
+``|β| ≤`` :data:`MAX_SHIFT_RATIO` ``· |γ|`` (at most 9 roundings in float32), and
+otherwise the two run apart. It also takes only sequences of two steps or more: for one
+step (SLTT's) ``y`` and the carry are as many values as ``x`` and ``u``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .compact import mark_binary
+from .layers import _StepBatchNorm, step_norm_backward, step_norm_forward
+from .neuron import LIF, Dynamics, lif_backward, lif_forward
+
+#: largest ``|β| / |γ|`` of any channel for which the norm's input is rebuilt from its output
+MAX_SHIFT_RATIO = 8.0
+
+
+def applies(bn: nn.Module, lif: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``lif(bn(x))`` over ``x`` ``[T, B, C, ...]`` can run as :class:`NormLIF`: training
+    statistics, an affine norm whose input can be rebuilt, float32/64, T ≥ 2, a graph to build."""
+    if not (isinstance(bn, _StepBatchNorm) and type(lif) is LIF and torch.is_grad_enabled()):
+        return False
+    norm: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
+    weight, bias = norm.weight, norm.bias
+    if weight is None or bias is None or not (norm.training or not norm.track_running_stats):
+        return False
+    if x.dim() < 3 or x.shape[0] < 2 or x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype:
+        return False
+    if not (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        return False
+    if lif.carry is not None and lif.carry.shape != x.shape[1:]:  # type: ignore[union-attr]
+        return False
+    with torch.no_grad():
+        scale = weight.abs()
+        return bool(((scale * MAX_SHIFT_RATIO >= bias.abs()) & (scale > 0)).all())
+
+
+def norm_lif(bn: nn.Module, lif: LIF, x: torch.Tensor) -> torch.Tensor:
+    """``lif.forward_sequence(bn.forward_sequence(x))`` through :class:`NormLIF` (same values,
+    same running statistics, same carry); :func:`applies` must hold."""
+    norm: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
+    bn.check_sequence(x)  # type: ignore[attr-defined]
+    spikes, lif.carry = NormLIF.apply(x, norm.weight, norm.bias, lif.carry, norm, lif.dynamics())
+    return mark_binary(spikes)
+
+
+class NormLIF(torch.autograd.Function):
+    """Per-step batch norm then LIF over ``[T, B, C, ...]``; saves the norm's output only."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, carry, bn, dyn: Dynamics):  # type: ignore[override]
+        y, mean, invstd = step_norm_forward(x, bn)
+        spikes, last = lif_forward(y, carry, dyn)
+        ctx.save_for_backward(y, carry, weight, bias, invstd)
+        ctx.dyn, ctx.eps = dyn, bn.eps
+        ctx.set_materialize_grads(False)
+        return spikes, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_spikes, grad_last):  # type: ignore[override]
+        y, carry, weight, bias, invstd = ctx.saved_tensors
+        dyn: Dynamics = ctx.dyn
+        need = ctx.needs_input_grad
+        potentials = torch.empty_like(y)
+        lif_forward(y, carry, dyn, potentials, torch.empty_like(y[0]).expand_as(y))  # the forward's u, bit for bit
+        grad_u = lif_backward(potentials, grad_spikes, grad_last, dyn)  # = dL/dy (u = carry + y)
+        grad_carry = grad_u[0].clone() if need[3] and dyn.temporal_routes else None
+        # x − mean = (y − β) / (γ · invstd), rebuilt step by step in u's buffer
+        centred, channel = potentials, (-1,) + (1,) * (y.dim() - 3)
+        for t in range(y.shape[0]):
+            scale = (weight * invstd[t]).reciprocal_()
+            torch.addcmul((bias * scale).neg_().view(channel), y[t], scale.view(channel), out=centred[t])
+        mask = [need[0], need[1], need[2]]
+        grad_x, grad_w, grad_b = step_norm_backward(grad_u, centred, weight, torch.zeros_like(invstd), invstd,
+                                                    ctx.eps, mask)
+        return grad_x, grad_w, grad_b, grad_carry, None, None
