@@ -72,7 +72,7 @@ class Sigmoid(Surrogate):
 
     def derivative_(self, x: torch.Tensor) -> torch.Tensor:
         sg = x.mul_(self.alpha).sigmoid_()
-        alpha = sg.new_tensor(self.alpha).expand_as(sg)  # one fused pass: α·(1 − σ)·σ
+        alpha = sg.new_full((), self.alpha).expand_as(sg)  # one fused pass: α·(1 − σ)·σ (a fill, no host copy)
         return torch.ops.aten.sigmoid_backward.grad_input(alpha, sg, grad_input=sg)
 
 

@@ -29,6 +29,7 @@ import signal
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -471,7 +472,9 @@ class _Run:
             batches = iter(())
         else:
             batches = itertools.islice(self.train_loader, max(total - self.batch, 0))
+        ran = False
         for b, (x, y) in enumerate(batches, start=self.batch):
+            ran = True
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             inputs = self.data.encode(x, cfg.T)
             if cuda:
@@ -518,7 +521,10 @@ class _Run:
             bar.close()
         epoch_time = time.perf_counter() - started
         lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            if not ran:  # resumed at an epoch's end: the run stepped the optimizer, this process not yet
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         seen, correct, loss_sum = self.accum["seen"], self.accum["correct"], self.accum["loss_sum"]
         if self.dist:
             seen, correct, loss_sum = dist_utils.all_reduce_sum([seen, correct, loss_sum], self.device)
