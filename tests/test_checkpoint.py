@@ -215,3 +215,19 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
     assert kept["epoch"] == 1 and kept["batch"] == 0
     assert not (out / "summary.json").exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_resume_removes_the_temp_file_a_killed_writer_left(tmp_path, capsys):
+    """SIGKILL during a checkpoint write leaves ``.checkpoint.pt.<random>.tmp`` (it cannot be
+    caught); resuming deletes it and keeps the real checkpoint."""
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--model", "spiking_mlp", "--T", "2", "--epochs", "1",
+            "--max-batches", "2", "--batch-size", "16", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    (out / "summary.json").unlink()  # as if killed after the last checkpoint, before the summary
+    stale = out / ".checkpoint.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    before = (out / "checkpoint.pt").read_bytes()
+    assert main(argv + ["--resume"]) == 0
+    assert not stale.exists() and not list(out.glob(".*.tmp"))
+    assert (out / "checkpoint.pt").read_bytes() == before and (out / "summary.json").is_file()

@@ -55,6 +55,16 @@ def atomic_write_bytes(path: Path, write) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temp files (``.<name>.<random>.tmp``) that :func:`atomic_write_bytes` leaves
+    when its process is killed mid-write (SIGKILL cannot be caught); nothing ever reads them.
+    For a run folder being resumed, where no other writer may be at work. Returns them."""
+    stale = sorted(Path(folder).glob(".*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 

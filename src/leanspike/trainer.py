@@ -39,8 +39,8 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, Subset
 
 from . import distributed as dist_utils
-from .checkpoint import (FILENAME, atomic_write_text, checkpoint_path, generator_state, load_checkpoint, rng_state, save_checkpoint,
-                         set_generator_state, set_rng_state, state_mismatch)
+from .checkpoint import (FILENAME, atomic_write_text, checkpoint_path, generator_state, load_checkpoint, remove_stale_temps,
+                         rng_state, save_checkpoint, set_generator_state, set_rng_state, state_mismatch)
 from .engine import infer
 from .errors import UserError
 from .experiments import config as C
@@ -229,6 +229,8 @@ class _Run:
         self._agree(lambda: out is None or _check_out_dir(out, resume))  # collective: every rank calls it
         ckpt = None
         if resume:
+            if self.main:  # a run killed while writing a file left its temp file behind
+                remove_stale_temps(out)  # type: ignore[arg-type]
             path = out / FILENAME  # type: ignore[operator]
             if path.exists():
                 ckpt = load_checkpoint(path, "--resume checkpoint")
