@@ -285,3 +285,59 @@ def test_long_intervals_run_in_parts_with_the_same_gradients(float64, monkeypatc
     parts, _ = _run(BPTT, True, monkeypatch)
     for name in whole:
         torch.testing.assert_close(whole[name], parts[name], **TOL)
+
+
+def _wide_net(seed=0):
+    """Convs with C·kh·kw ≥ SHALLOW_DEPTH on ≤ 12×12 maps: their weight gradients take the
+    shifted-window path, summed across steps by WeightGradSums inside the engine."""
+    torch.manual_seed(seed)
+    lif = lambda: LIF(decay=0.5, surrogate=Sigmoid(4.0))  # noqa: E731
+    net = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), StepBatchNorm2d(8), lif(),
+                        nn.Conv2d(8, 8, 3, padding=1), StepBatchNorm2d(8), lif(), nn.AvgPool2d(2),
+                        nn.Conv2d(8, 6, 3, padding=1), lif(), nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
+    with torch.no_grad():
+        for i in (0, 3, 7):
+            net[i].weight.mul_(3.0)
+    return net.double()
+
+
+@pytest.mark.parametrize("method", ["sltt", "bptt", "sltt-k2", "tbptt2"])
+def test_weight_gradients_summed_across_steps_equal_the_step_by_step_ones(float64, monkeypatch, method):
+    from leanspike import multistep
+    make = {"sltt": SLTT, "bptt": BPTT, "tbptt2": lambda: TBPTT(2),
+            "sltt-k2": lambda: SLTTK(2, generator=torch.Generator().manual_seed(3))}[method]
+    x, y = data(T=4)
+    sums = []
+    real_sum_for = multistep.WeightGradSums.sum_for
+    monkeypatch.setattr(multistep.WeightGradSums, "sum_for",
+                        lambda self, w: sums.append(w) or real_sum_for(self, w))
+    grads = make().compute_gradients(_wide_net(), x, y)
+    assert len({id(w) for w in sums}) == 2  # both wide convs summed their weight gradients in place
+    monkeypatch.setattr(Engine, "supports_sequence", lambda self: False)
+    reference = make().compute_gradients(_wide_net(), x, y)  # step by step: autograd adds per step
+    for name in reference:
+        torch.testing.assert_close(grads[name], reference[name], **TOL, msg=lambda m: f"{name}: {m}")
+
+
+def test_weight_gradient_sums_flush_before_every_update_and_skip_hooked_weights(float64, monkeypatch):
+    """Per-interval updates see complete gradients; a weight with a hook keeps autograd's path
+    (its hook runs once per backward)."""
+    from leanspike import multistep
+    x, y = data(T=4)
+
+    def trained(sums_on: bool):
+        if not sums_on:
+            monkeypatch.setattr(multistep.WeightGradSums, "current", classmethod(lambda cls: None))
+        net = _wide_net()
+        calls = []
+        net[7].weight.register_hook(lambda g: calls.append(1))
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        TBPTT(1, update="interval").train_step(net, x, y, opt)
+        monkeypatch.undo()
+        return [p.detach().clone() for p in net.parameters()], len(calls)
+
+    (on, hooked_on), (off, hooked_off) = trained(True), trained(False)
+    assert hooked_on == hooked_off == 4  # one backward per interval, the hook each time
+    for a, b in zip(on, off):
+        torch.testing.assert_close(a, b, **TOL)
+    assert any(not torch.equal(a, b) for a, b in zip(on, [p.detach() for p in _wide_net().parameters()]))

@@ -30,7 +30,7 @@ from torch import nn
 
 from .compact import CompactSaved, mark_derived
 from .losses import WindowLoss
-from .multistep import NO_GRAD_CHUNK, chunk_steps, run_sequence, supports_sequence
+from .multistep import NO_GRAD_CHUNK, WeightGradSums, chunk_steps, run_sequence, supports_sequence
 from .state import detach_states, keep_temporal_routes, reset_states
 from .winograd import KernelCache
 
@@ -192,7 +192,8 @@ class Engine:
         # the host wait for the device at every step (on a GPU, no overlap of the two)
         block_losses: list[list[torch.Tensor]] = [[] for _ in range(n_blocks)]
         n_backward = n_updates = 0
-        with CompactSaved(), KernelCache(), _temporal_routes(modules, schedule.temporal_routes):
+        with CompactSaved(), KernelCache(), WeightGradSums() as grad_sums, \
+                _temporal_routes(modules, schedule.temporal_routes):
             for chunk in self._chunks(schedule, sequence):
                 start, stop = schedule.intervals[chunk[0]][0], schedule.intervals[chunk[-1]][1]
                 detach_states(*modules)
@@ -223,6 +224,7 @@ class Engine:
                 del parts
                 if schedule.update_per_interval:
                     for _ in chunk:
+                        grad_sums.flush()  # the weights' .grad complete before the optimizer reads it
                         on_update()
                         n_updates += 1
         if not schedule.update_per_interval:

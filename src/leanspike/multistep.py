@@ -292,19 +292,20 @@ SHIFT_VALUES = 1 << 22
 
 
 def _weight_grad_shifted(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: tuple,
-                         padding: tuple) -> torch.Tensor:
+                         padding: tuple, into: torch.Tensor | None = None) -> torch.Tensor | None:
     """``dL/dW`` of a plain convolution as one matrix product per kernel position (i, j):
     ``dW[:, :, i, j] = grad [O, n·L] @ window_ij(x) [n·L, C]``, the window being the zero-padded
     input, channels-last, shifted by (i, j) (a strided copy, where unfolding builds all kh·kw
     windows at once through a slower gather). Summed over parts of ``n`` samples (at most
-    :data:`SHIFT_VALUES` values per copy)."""
+    :data:`SHIFT_VALUES` values per copy). ``into`` (``[kh, kw, O, C]``): add the products to
+    it in place and return None (:class:`WeightGradSums`)."""
     n, out_channels, h_out, w_out = grad.shape
     channels, h, w = x.shape[1:]
     kh, kw = weight.shape[2:]
     (sh, sw), (ph, pw) = stride, padding
     per_sample = max(channels * (h + 2 * ph) * (w + 2 * pw), channels * h_out * w_out)
     part = max(1, SHIFT_VALUES // per_sample)
-    dw = grad.new_empty(kh, kw, out_channels, channels)
+    dw = grad.new_empty(kh, kw, out_channels, channels) if into is None else into
     for start in range(0, n, part):
         k = min(part, n - start)
         padded = x.new_zeros(k, h + 2 * ph, w + 2 * pw, channels)
@@ -314,11 +315,66 @@ def _weight_grad_shifted(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
         for i in range(kh):
             for j in range(kw):
                 window.copy_(padded[:, i:i + sh * (h_out - 1) + 1:sh, j:j + sw * (w_out - 1) + 1:sw])
-                if start == 0:
+                if start == 0 and into is None:
                     torch.mm(g, window.view(-1, channels), out=dw[i, j])
                 else:
                     dw[i, j].addmm_(g, window.view(-1, channels))
-    return dw.permute(2, 3, 0, 1).contiguous()
+    return None if into is not None else dw.permute(2, 3, 0, 1).contiguous()
+
+
+class WeightGradSums:
+    """Context manager: while active, the weight gradients that :func:`_weight_grad_shifted`
+    makes for leaf weights without hooks are summed in place across calls (each kernel
+    position's matrix product adds to the sum), in its ``[kh, kw, O, C]`` layout, instead of
+    every call making a new gradient, transposing it to ``[O, C, kh, kw]`` and handing it to
+    autograd to add to ``.grad``. SLTT goes back through every convolution T times per batch;
+    VGG-11's three 512 → 512 weights made that 9.4 MB allocation, transpose and addition at
+    every step. :meth:`flush` adds the sums to ``.grad`` (one transpose per weight); the
+    engine holds one per batch and flushes before every optimizer step and at the end."""
+
+    _active: list["WeightGradSums"] = []
+
+    def __init__(self) -> None:
+        self._sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def current(cls) -> "WeightGradSums | None":
+        return cls._active[-1] if cls._active else None
+
+    @staticmethod
+    def takes(weight: torch.Tensor) -> bool:
+        """A leaf that autograd would only add the gradient to (no hooks to call on it)."""
+        return (weight.is_leaf and weight.requires_grad and not weight._backward_hooks
+                and not getattr(weight, "_post_accumulate_grad_hooks", None))
+
+    def sum_for(self, weight: torch.Tensor) -> torch.Tensor:
+        """The running ``[kh, kw, O, C]`` sum for ``weight`` (zeros at first)."""
+        hit = self._sums.get(id(weight))
+        if hit is None or hit[0] is not weight:
+            hit = (weight, weight.new_zeros(*weight.shape[2:], *weight.shape[:2]))
+            self._sums[id(weight)] = hit
+        return hit[1]
+
+    def flush(self) -> None:
+        """Add every sum to its weight's ``.grad`` (set it where it is None) and start again."""
+        for weight, total in self._sums.values():
+            grad = total.permute(2, 3, 0, 1)
+            if weight.grad is None:
+                weight.grad = grad.contiguous()
+            else:
+                weight.grad.add_(grad)
+        self._sums.clear()
+
+    def __enter__(self) -> "WeightGradSums":
+        self._active.append(self)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._active.remove(self)
+        if exc_type is None:
+            self.flush()
+        else:
+            self._sums.clear()
 
 
 #: samples from which a weight gradient runs as an NNPACK convolution (:func:`_weight_grad_as_conv`);
@@ -394,6 +450,9 @@ class Conv2dSequence(torch.autograd.Function):
             out = F.conv2d(x, weight, bias, stride, padding)
         ctx.save_for_backward(x, weight)
         ctx.conf, ctx.has_bias = (stride, padding), bias is not None
+        # the parameter itself (saved tensors come back as new tensor objects): WeightGradSums
+        # keys its sums on it and gives it its .grad
+        ctx.leaf = weight if WeightGradSums.current() is not None and WeightGradSums.takes(weight) else None
         return out
 
     @staticmethod
@@ -421,9 +480,11 @@ class Conv2dSequence(torch.autograd.Function):
                     [True, False, False])[0]
         kernel = weight_grad_kernel(grad, x, weight, stride, padding) if need[1] else "oneDNN"
         if kernel != "oneDNN":
+            sums = WeightGradSums.current() if kernel == "shifted" and ctx.leaf is not None else None
             grad_w = (winograd.conv3x3_weight_grad(grad, x, padding) if kernel == "winograd"
                       else _weight_grad_as_conv(grad, x, padding) if kernel == "nnpack"
-                      else _weight_grad_shifted(grad, x, weight, stride, padding))
+                      else _weight_grad_shifted(grad, x, weight, stride, padding,
+                                                None if sums is None else sums.sum_for(ctx.leaf)))
             grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
         elif need[1] or (ctx.has_bias and need[2]):
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(
