@@ -80,7 +80,7 @@ class NormLIF(torch.autograd.Function):
         lif_forward(y, carry, dyn, potentials, torch.empty_like(y[0]).expand_as(y))  # the forward's u, bit for bit
         grad_u = lif_backward(potentials, grad_spikes, grad_last, dyn)  # = dL/dy (u = carry + y)
         grad_carry = grad_u[0].clone() if need[3] and dyn.temporal_routes else None
-        # x − mean = (y − β) / (γ · invstd), rebuilt step by step in u's buffer
+        # x − mean = (y − β) / (γ · invstd) = y·r − β·r with r = 1 / (γ · invstd), step by step in u's buffer
         centred, channel = potentials, (-1,) + (1,) * (y.dim() - 3)
         for t in range(y.shape[0]):
             scale = (weight * invstd[t]).reciprocal_()
