@@ -77,7 +77,8 @@ class NormLIF(torch.autograd.Function):
         dyn: Dynamics = ctx.dyn
         need = ctx.needs_input_grad
         potentials = torch.empty_like(y)
-        lif_forward(y, carry, dyn, potentials, torch.empty_like(y[0]).expand_as(y))  # the forward's u, bit for bit
+        one_step = torch.empty_like(y[0]).expand_as(y)  # the recomputed spikes are not needed: one step's buffer
+        lif_forward(y, carry, dyn, potentials, one_step)  # the forward's u, bit for bit
         grad_u = lif_backward(potentials, grad_spikes, grad_last, dyn)  # = dL/dy (u = carry + y)
         grad_carry = grad_u[0].clone() if need[3] and dyn.temporal_routes else None
         # x − mean = (y − β) / (γ · invstd) = y·r − β·r with r = 1 / (γ · invstd), step by step in u's buffer

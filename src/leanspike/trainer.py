@@ -39,8 +39,9 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, Subset
 
 from . import distributed as dist_utils
-from .checkpoint import (FILENAME, atomic_write_text, checkpoint_path, generator_state, load_checkpoint, remove_stale_temps,
-                         rng_state, save_checkpoint, set_generator_state, set_rng_state, state_mismatch)
+from .checkpoint import (FILENAME, atomic_write_text, checkpoint_path, generator_state, load_checkpoint,
+                         remove_stale_temps, rng_state, save_checkpoint, set_generator_state, set_rng_state,
+                         state_mismatch)
 from .engine import infer
 from .errors import UserError
 from .experiments import config as C
