@@ -1,11 +1,13 @@
-"""Compact saving of binary tensors: 1 byte per element, restored bit for bit, seen by the meter."""
+"""Compact saving of binary tensors: 1 bit per element, restored bit for bit, seen by the meter."""
 
 import contextlib
 
 import torch
 import torch.nn.functional as F
 
-from leanspike.compact import CompactSaved, binary_scale, mark_binary, mark_derived
+import pytest
+
+from leanspike.compact import CompactSaved, _pack_torch, binary_scale, mark_binary, mark_derived, pack_bits
 from leanspike.layers import SequenceDropout, StepBatchNorm2d
 from leanspike.measure import SavedTensorMeter
 
@@ -20,13 +22,63 @@ def _linear_grads(x, w, compact):
     return w.grad, meter.peak_bytes
 
 
-def test_marked_spikes_are_saved_as_bool_and_restored_exactly():
+def _bytes(n: int) -> int:
+    return -(-n // 8)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 63, 64, 1000, 4099])
+def test_both_bit_packers_agree_on_the_layout(n):
+    g = torch.Generator().manual_seed(n)
+    bits = torch.rand(n + 3, generator=g) < 0.4
+    for flat in (bits[:n], bits[3:]):  # the second starts 3 bytes into its storage
+        packed = pack_bits(flat)
+        assert packed.dtype == torch.uint8 and packed.numel() == _bytes(flat.numel())
+        assert torch.equal(_pack_torch(flat), packed)  # the off-CPU packer, byte for byte
+        # element i is bit i % 8 of byte i // 8
+        weights = 2 ** torch.arange(8)
+        padded = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)]).view(-1, 8).long()
+        assert torch.equal(packed.long(), (padded * weights).sum(1))
+
+
+def test_marked_spikes_are_saved_as_bits_and_restored_exactly():
     spikes = mark_binary((torch.rand(32, 50) < 0.3).float())
     w = torch.randn(7, 50)
     grad_full, bytes_full = _linear_grads(spikes, w, compact=False)
     grad_compact, bytes_compact = _linear_grads(spikes, w, compact=True)
-    assert bytes_full == spikes.numel() * 4 and bytes_compact == spikes.numel()
+    assert bytes_full == spikes.numel() * 4 and bytes_compact == spikes.numel() // 8
     assert torch.equal(grad_full, grad_compact)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "strided"])
+def test_restored_bits_keep_the_layout_of_the_saved_tensor(layout):
+    base = (torch.rand(3, 5, 4, 6) < 0.5).float()
+    x = {"channels_last": base.contiguous(memory_format=torch.channels_last),
+         "transposed": base.transpose(1, 3),
+         "strided": base[:, ::2]}[layout]  # not dense: its bits are packed densely
+    mark_binary(x)
+    seen = []
+    class Keep(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            ctx.save_for_backward(a)
+            return a * b
+
+        @staticmethod
+        def backward(ctx, grad):
+            (a,) = ctx.saved_tensors
+            seen.append(a)
+            return None, grad * a
+    b = torch.randn(x.shape, requires_grad=True)
+    with SavedTensorMeter(exclude=[b]) as meter, CompactSaved():
+        out = Keep.apply(x, b)
+        del x  # the bits, not the original, are what backward sees
+        out.sum().backward()
+    expected = {"channels_last": base.contiguous(memory_format=torch.channels_last),
+                "transposed": base.transpose(1, 3), "strided": base[:, ::2]}[layout]
+    assert meter.peak_bytes == -(-expected.numel() // 8)
+    assert torch.equal(seen[0], expected) and torch.equal(b.grad, expected)
+    if layout != "strided":
+        assert seen[0].stride() == expected.stride()
 
 
 def test_dropout_scaled_spikes_keep_their_exact_value():
@@ -58,19 +110,31 @@ def test_derived_tensor_is_stored_as_its_source_and_recomputed():
     w = torch.randn(5, 3, 3, 3, requires_grad=True)
     with SavedTensorMeter(exclude=[w]) as meter, CompactSaved():
         F.conv2d(upsampled, w).sum().backward()
-    assert meter.peak_bytes == spikes.numel()  # the spikes' bits; the upsampled floats are not kept
+    assert meter.peak_bytes == spikes.numel() // 8  # the spikes' bits; the upsampled floats are not kept
     ref = w.detach().clone().requires_grad_(True)
     F.conv2d(repeat(spikes), ref).sum().backward()
     assert torch.equal(w.grad, ref.grad)
 
 
 def test_a_small_derived_tensor_is_kept_as_it_is():
-    spikes = mark_binary((torch.rand(4, 3, 8, 8) < 0.4).float())
-    pooled = mark_derived(F.avg_pool2d(spikes, 4), lambda t: F.avg_pool2d(t, 4), spikes)
+    spikes = mark_binary((torch.rand(4, 3, 16, 16) < 0.4).float())
+    pooled = mark_derived(F.avg_pool2d(spikes, 8), lambda t: F.avg_pool2d(t, 8), spikes)
     w = torch.randn(5, 3, 1, 1, requires_grad=True)
     with SavedTensorMeter(exclude=[w]) as meter, CompactSaved():
         F.conv2d(pooled, w).sum().backward()
-    assert meter.peak_bytes == pooled.numel() * 4 < spikes.numel()  # cheaper than the recipe's bits
+    assert meter.peak_bytes == pooled.numel() * 4 < spikes.numel() // 8  # cheaper than the recipe's bits
+
+
+def test_a_pooled_map_of_spikes_is_kept_as_the_spikes_bits():
+    spikes = mark_binary((torch.rand(4, 3, 8, 8) < 0.4).float())
+    pooled = mark_derived(F.avg_pool2d(spikes, 2), lambda t: F.avg_pool2d(t, 2), spikes)
+    w = torch.randn(5, 3, 3, 3, requires_grad=True)
+    with SavedTensorMeter(exclude=[w]) as meter, CompactSaved():
+        F.conv2d(pooled, w, padding=1).sum().backward()
+    assert meter.peak_bytes == spikes.numel() // 8 < pooled.numel() * 4  # 8× less than its floats
+    ref = w.detach().clone().requires_grad_(True)
+    F.conv2d(F.avg_pool2d(spikes, 2), ref, padding=1).sum().backward()
+    assert torch.equal(w.grad, ref.grad)
 
 
 def test_one_copy_for_a_tensor_saved_many_times():
@@ -78,7 +142,7 @@ def test_one_copy_for_a_tensor_saved_many_times():
     xs = [torch.randn(64, 64, requires_grad=True) for _ in range(5)]
     with SavedTensorMeter(exclude=xs) as meter, CompactSaved():
         outs = [x * mask for x in xs]  # the product saves the mask for x's gradient
-        assert meter.current_bytes == mask.numel()
+        assert meter.current_bytes == mask.numel() // 8
         sum(o.sum() for o in outs).backward()
     assert meter.current_bytes == 0
     assert all(torch.equal(x.grad, mask) for x in xs)
@@ -124,11 +188,11 @@ def test_saving_a_derived_tensor_as_it_is_lets_its_source_go():
     import weakref
 
     spikes = mark_binary((torch.rand(4, 3, 8, 8) < 0.4).float())
-    pooled = mark_derived(F.avg_pool2d(spikes, 2), lambda t: F.avg_pool2d(t, 2), spikes)
+    pooled = mark_derived(F.avg_pool2d(spikes, 8), lambda t: F.avg_pool2d(t, 8), spikes)
     alive = weakref.ref(spikes)
     w = torch.randn(5, 3, 1, 1, requires_grad=True)
     with CompactSaved():
-        out = F.conv2d(pooled, w)  # a 2×2 average is kept as floats: its mark must not pin the spikes
+        out = F.conv2d(pooled, w)  # an 8×8 average is kept as floats: its mark must not pin the spikes
     del spikes
     assert alive() is None
     out.sum().backward()

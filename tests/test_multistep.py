@@ -141,20 +141,20 @@ def _saved(method, T):
 def test_saved_bytes_per_step():
     """One BPTT step keeps: u of the first LIF and the second batch norm's output (floats: the
     second norm + LIF pair keeps only that, norm_lif), per-step mean/invstd of the first norm and
-    invstd of the second, the dropped-out spikes and the last spikes as bytes. The first conv's
+    invstd of the second, the dropped-out spikes and the last spikes as bits. The first conv's
     output is recomputed from the input; the pooled map, from the dropped-out spikes. SLTT's
     one-step calls keep the pair apart (for one step it would save no bytes): u of both LIFs and
     the second norm's input, as a step run on its own."""
     B, c1, c2 = 5, 4 * 8 * 8, 6 * 4 * 4
-    per_step = 4 * (c1 + c2) * B + 4 * (2 * 4 + 6) + (c1 + c2) * B
-    per_step_apart = 4 * (c1 + c2 + c2) * B + 2 * 4 * (4 + 6) + (c1 + c2) * B
+    per_step = 4 * (c1 + c2) * B + 4 * (2 * 4 + 6) + (c1 + c2) * B // 8
+    per_step_apart = 4 * (c1 + c2 + c2) * B + 2 * 4 * (4 + 6) + (c1 + c2) * B // 8
     sltt = [_saved(SLTT(), T) for T in (2, 6)]
     bptt = [_saved(BPTT(), T) for T in (2, 4, 6)]
     assert sltt[0] == sltt[1]
     assert bptt[2] - bptt[1] == bptt[1] - bptt[0]
     step_with_loss = (bptt[2] - bptt[0]) // 4
     assert 0 <= step_with_loss - per_step < 200  # the loss keeps a few bytes per step
-    assert 0 <= sltt[0] - per_step_apart - B * c1 < 200  # one step's worth plus the dropout mask as bytes
+    assert 0 <= sltt[0] - per_step_apart - B * c1 // 8 < 200  # one step's worth plus the dropout mask as bits
 
 
 def test_sltt_several_steps_per_backward_keeps_its_gradient_and_constant_memory(float64):
