@@ -139,14 +139,14 @@ def _saved(method, T):
 
 
 def test_saved_bytes_per_step():
-    """One BPTT step keeps: u of the first LIF and the second batch norm's output (floats: the
-    second norm + LIF pair keeps only that, norm_lif), per-step mean/invstd of the first norm and
-    invstd of the second, the dropped-out spikes and the last spikes as bits. The first conv's
-    output is recomputed from the input; the pooled map, from the dropped-out spikes. SLTT's
-    one-step calls keep the pair apart (for one step it would save no bytes): u of both LIFs and
-    the second norm's input, as a step run on its own."""
+    """One BPTT step keeps: the second batch norm's output (floats: the second norm + LIF pair
+    keeps only that, norm_lif), per-step mean/invstd of the first norm and invstd of the second,
+    the dropped-out spikes and the last spikes as bits. The first conv, norm and LIF are
+    recomputed from the input (InputConvNormLIF); the pooled map, from the dropped-out spikes.
+    SLTT's one-step calls keep the layers apart (for one step the pairs would save no bytes): u
+    of both LIFs and the second norm's input, as a step run on its own."""
     B, c1, c2 = 5, 4 * 8 * 8, 6 * 4 * 4
-    per_step = 4 * (c1 + c2) * B + 4 * (2 * 4 + 6) + (c1 + c2) * B // 8
+    per_step = 4 * c2 * B + 4 * (2 * 4 + 6) + (c1 + c2) * B // 8
     per_step_apart = 4 * (c1 + c2 + c2) * B + 2 * 4 * (4 + 6) + (c1 + c2) * B // 8
     sltt = [_saved(SLTT(), T) for T in (2, 6)]
     bptt = [_saved(BPTT(), T) for T in (2, 4, 6)]
@@ -175,7 +175,7 @@ def test_sltt_several_steps_per_backward_keeps_its_gradient_and_constant_memory(
         torch.testing.assert_close(a, b, **TOL)
     two = [_saved(SLTT(steps_per_backward=2), T) for T in (2, 6, 8)]
     one, bptt2 = _saved(SLTT(), 2), _saved(BPTT(), 2)
-    carry = 4 * 6 * 4 * 4 * 5  # the second LIF's carry into a later interval (norm_lif rebuilds u from it)
+    carry = 4 * (4 * 8 * 8 + 6 * 4 * 4) * 5  # both LIFs' carries into a later interval (u is rebuilt from them)
     assert two[0] == bptt2  # two steps at once keep what BPTT keeps at T = 2 ...
     assert two[1] == two[2] == bptt2 + carry  # ... and, after the first interval, the carry in
     assert one < two[1] < 2 * one

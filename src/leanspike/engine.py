@@ -15,7 +15,7 @@ One block (every non-local method) means one backward per interval.
 When every block and head supports it (:func:`~leanspike.multistep.supports_sequence`),
 an interval runs layer by layer over all its steps (:mod:`leanspike.multistep`), and
 consecutive intervals without a graph (SLTT-K's skipped steps) run as one. While it
-runs, binary tensors saved for backward are kept as bool (:mod:`leanspike.compact`), and
+runs, binary tensors saved for backward are kept as packed bits (:mod:`leanspike.compact`), and
 the Winograd transforms of 3×3 kernels are made once per batch (:mod:`leanspike.winograd`).
 """
 

@@ -14,10 +14,11 @@ what is saved for backward shrinks:
   only the norm's output, from which backward rebuilds both (:mod:`~leanspike.norm_lif`);
 - a convolution fed by the engine's input, followed by a per-step batch norm, saves
   nothing new: its output is recomputed in backward from the input, which is kept
-  anyway (:class:`InputConvNorm`);
+  anyway (:class:`InputConvNorm`); with an LIF after the norm, over two steps or more on
+  the CPU, the LIF's ``u`` is recomputed too (:class:`InputConvNormLIF`);
 - poolings, views and flattenings of spikes are marked as recomputable from the
   spikes (:func:`~leanspike.compact.mark_derived`), so what they hand to the next layer
-  is saved as the spikes' 1-byte form plus the recipe.
+  is saved as the spikes' packed bits plus the recipe.
 
 :func:`supports_sequence` says whether a module can run this way: an ``nn.Sequential``
 whose children are all of the known kinds, without hooks or patched ``forward``
@@ -34,9 +35,9 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import norm_lif, pooling, winograd
-from .compact import mark_derived
+from .compact import mark_binary, mark_derived
 from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, _StepBatchNorm, step_norm_forward
-from .neuron import LIF
+from .neuron import LIF, Dynamics, lif_backward, lif_forward
 
 _BN_FORWARD = nn.modules.batchnorm._BatchNorm.forward
 
@@ -170,6 +171,43 @@ def _conv_step_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     return dx, dw, db
 
 
+def _conv_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        bn_weight: torch.Tensor | None, mean: torch.Tensor, invstd: torch.Tensor, conf: tuple,
+                        eps: float, need: tuple[bool, bool, bool, bool]) -> tuple:
+    """Gradients of the conv's weight and bias and of the norm's weight and bias (``need``: which)
+    for ``StepNorm(conv(x))``, step by step, each step's conv output recomputed from ``x``."""
+    mask = [need[0] or need[1], need[2], need[3]]
+    conv_mask = [False, need[0], bias is not None and need[1]]
+    rows = mean.new_empty((2, x.shape[0], mean.shape[1]))
+    grads = [None, None]
+    for t in range(x.shape[0]):
+        cols = _unfold(x[t], weight, conf) if conf[3] == 1 and x.device.type == "cpu" else None
+        z = _conv_step(x[t], weight, bias, conf, cols)
+        gz, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad[t], z, bn_weight, None, None, mean[t], invstd[t], True, eps, mask)
+        del z
+        if mask[1]:
+            rows[0, t].copy_(gw)
+        if mask[2]:
+            rows[1, t].copy_(gb)
+        if any(conv_mask):
+            _, cw, cb = _conv_step_backward(gz, x[t], weight, bias is not None, conf, conv_mask, cols)
+            for i, g in enumerate((cw, cb)):
+                if g is not None:
+                    grads[i] = g if grads[i] is None else grads[i].add_(g)  # type: ignore[union-attr]
+    grad_w = None if grads[0] is None else grads[0].contiguous()
+    return grad_w, grads[1], rows[0].sum(0) if mask[1] else None, rows[1].sum(0) if mask[2] else None
+
+
+def _conv_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conf: tuple,
+                       bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``StepNorm(conv(x))`` over ``[T, B, ...]``, one step of the conv output at a time:
+    the output and the per-step mean and invstd."""
+    shape = [x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, conf)]
+    like = x.new_zeros(()).expand(shape)  # shape only
+    return step_norm_forward(like, bn, lambda t: _conv_step(x[t], weight, bias, conf))  # type: ignore[arg-type]
+
+
 class InputConvNorm(torch.autograd.Function):
     """``StepNorm(conv(x))`` for an input ``x`` that needs no gradient and is kept anyway:
     saves ``x`` (no new memory) instead of the conv output, which backward recomputes
@@ -178,9 +216,7 @@ class InputConvNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, bn_weight, bn_bias, conf: tuple, bn: nn.Module):  # type: ignore[override]
-        shape = [x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, conf)]
-        like = x.new_zeros(()).expand(shape)  # shape only
-        out, mean, invstd = step_norm_forward(like, bn, lambda t: _conv_step(x[t], weight, bias, conf))  # type: ignore[arg-type]
+        out, mean, invstd = _conv_norm_forward(x, weight, bias, conf, bn)
         ctx.save_for_backward(x, weight, bias, bn_weight, mean, invstd)
         ctx.conf, ctx.eps, ctx.has_bn_bias = conf, bn.eps, bn_bias is not None
         return out
@@ -190,28 +226,50 @@ class InputConvNorm(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         x, weight, bias, bn_weight, mean, invstd = ctx.saved_tensors
         need = ctx.needs_input_grad
-        mask = [need[1] or need[2], bn_weight is not None and need[3], ctx.has_bn_bias and need[4]]
-        conv_mask = [False, need[1], bias is not None and need[2]]
-        rows = mean.new_empty((2, x.shape[0], mean.shape[1]))
-        grads = [None, None]
+        wanted = (need[1], need[2], bn_weight is not None and need[3], ctx.has_bn_bias and need[4])
+        return (None, *_conv_norm_backward(grad, x, weight, bias, bn_weight, mean, invstd, ctx.conf, ctx.eps,
+                                           wanted), None, None)
+
+
+class InputConvNormLIF(torch.autograd.Function):
+    """:class:`InputConvNorm` followed by an LIF, over two steps or more, on the CPU: saves
+    the input (kept anyway) and the LIF's carry in (one step, if any) instead of the LIF's
+    ``u`` (one float per neuron and step, the biggest layer's in a VGG). Backward recomputes
+    the norm's output with the same calls (the conv from ``x``, the batch-norm kernel in
+    training mode on it: the same values, bit for bit, on the CPU) and reruns the LIF
+    recurrence over it (:func:`~leanspike.neuron.lif_forward`: the forward's ``u`` bit for bit)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, bn_weight, bn_bias, carry, conf: tuple, bn: nn.Module,  # type: ignore[override]
+                dyn: Dynamics):
+        y, mean, invstd = _conv_norm_forward(x, weight, bias, conf, bn)
+        spikes, last = lif_forward(y, carry, dyn)
+        ctx.save_for_backward(x, weight, bias, bn_weight, bn_bias, carry, mean, invstd)
+        ctx.conf, ctx.eps, ctx.dyn = conf, bn.eps, dyn
+        ctx.set_materialize_grads(False)
+        return spikes, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_spikes, grad_last):  # type: ignore[override]
+        x, weight, bias, bn_weight, bn_bias, carry, mean, invstd = ctx.saved_tensors
+        dyn: Dynamics = ctx.dyn
+        need = ctx.needs_input_grad
+        y = x.new_empty((x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, ctx.conf)))
+        step_stats = mean.new_empty((2, mean.shape[1]))  # the same statistics again; the saved ones are used
         for t in range(x.shape[0]):
-            cols = _unfold(x[t], weight, ctx.conf) if ctx.conf[3] == 1 and x.device.type == "cpu" else None
-            z = _conv_step(x[t], weight, bias, ctx.conf, cols)
-            gz, gw, gb = torch.ops.aten.native_batch_norm_backward(
-                grad[t], z, bn_weight, None, None, mean[t], invstd[t], True, ctx.eps, mask)
-            del z
-            if mask[1]:
-                rows[0, t].copy_(gw)
-            if mask[2]:
-                rows[1, t].copy_(gb)
-            if any(conv_mask):
-                _, cw, cb = _conv_step_backward(gz, x[t], weight, bias is not None, ctx.conf, conv_mask, cols)
-                for i, g in enumerate((cw, cb)):
-                    if g is not None:
-                        grads[i] = g if grads[i] is None else grads[i].add_(g)  # type: ignore[union-attr]
-        grad_w = None if grads[0] is None else grads[0].contiguous()
-        return (None, grad_w, grads[1], rows[0].sum(0) if mask[1] else None, rows[1].sum(0) if mask[2] else None,
-                None, None)
+            torch.ops.aten.native_batch_norm.out(_conv_step(x[t], weight, bias, ctx.conf), bn_weight, bn_bias, None,
+                                                None, True, 0.0, ctx.eps, out=y[t], save_mean=step_stats[0],
+                                                save_invstd=step_stats[1])
+        # the forward's u, bit for bit, written over y step by step; then dL/du (= dL/dy, as
+        # u = carry + y) over u: one buffer of T steps besides the incoming gradient
+        lif_forward(y, carry, dyn, y, torch.empty_like(y[0]).expand_as(y))
+        grad_u = lif_backward(y, grad_spikes, grad_last, dyn, overwrite=True)
+        del y
+        grad_carry = grad_u[0].clone() if need[5] and dyn.temporal_routes else None
+        wanted = (need[1], need[2], bn_weight is not None and need[3], bn_bias is not None and need[4])
+        return (None, *_conv_norm_backward(grad_u, x, weight, bias, bn_weight, mean, invstd, ctx.conf, ctx.eps,
+                                           wanted), grad_carry, None, None, None)
 
 
 def _input_conv_norm(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> bool:
@@ -226,13 +284,39 @@ def _input_conv_norm(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> bool:
 def input_conv_norm(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``bn.forward_sequence(conv over [t·B])`` through :class:`InputConvNorm`."""
     bn_: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
-    if conv.out_channels != bn_.num_features:
-        raise ValueError(f"expected {bn_.num_features} channels, got {conv.out_channels} from {conv}")
-    count = x.shape[1] * _spatial(conv, x)  # values per channel and step
-    if bn_.training and count < 2:
-        raise ValueError(f"expected more than 1 value per channel when training, got {count}")
+    _check_input_conv_norm(conv, bn_, x)
     conf = (conv.stride, conv.padding, conv.dilation, conv.groups)
     return InputConvNorm.apply(x, conv.weight, conv.bias, bn_.weight, bn_.bias, conf, bn)
+
+
+def _check_input_conv_norm(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> None:
+    """The errors ``bn`` would raise on ``conv``'s output, raised before any work."""
+    if conv.out_channels != bn.num_features:
+        raise ValueError(f"expected {bn.num_features} channels, got {conv.out_channels} from {conv}")
+    count = x.shape[1] * _spatial(conv, x)  # values per channel and step
+    if bn.training and count < 2:
+        raise ValueError(f"expected more than 1 value per channel when training, got {count}")
+
+
+def _with_lif(lif: nn.Module | None, x: torch.Tensor) -> bool:
+    """Whether an :class:`InputConvNorm` on ``x`` ``[T, B, ...]`` may take ``lif`` after it
+    (:class:`InputConvNormLIF`): a plain LIF, two steps or more (for one, the carry it keeps
+    is as big as ``u``), on the CPU (where recomputing the conv and the norm gives the
+    forward's values bit for bit; cuDNN may pick another algorithm for the same call)."""
+    return type(lif) is LIF and x.shape[0] >= 2 and x.device.type == "cpu"
+
+
+def input_conv_norm_lif(conv: nn.Conv2d, bn: nn.Module, lif: LIF, x: torch.Tensor) -> torch.Tensor:
+    """``lif.forward_sequence(input_conv_norm(conv, bn, x))`` through :class:`InputConvNormLIF`."""
+    bn_: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
+    _check_input_conv_norm(conv, bn_, x)
+    conf = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    carry = lif.carry
+    if carry is not None and carry.shape != (x.shape[1], conv.out_channels, *_out_size(x[0], conv.weight, conf)):
+        return lif.forward_sequence(input_conv_norm(conv, bn, x))  # a broadcast carry: apart
+    spikes, lif.carry = InputConvNormLIF.apply(x, conv.weight, conv.bias, bn_.weight, bn_.bias, carry, conf, bn,
+                                               lif.dynamics())
+    return mark_binary(spikes)
 
 
 def _spatial(conv: nn.Conv2d, x: torch.Tensor) -> int:
@@ -565,6 +649,11 @@ def run_sequence(seq: nn.Sequential, x: torch.Tensor, kept_input: bool = False) 
         m = children[i]
         nxt = children[i + 1] if i + 1 < len(children) else None
         if i == 0 and kept_input and nxt is not None and _input_conv_norm(m, nxt, x):
+            lif = children[2] if len(children) > 2 else None
+            if _with_lif(lif, x):  # the LIF's u is not kept either
+                x = input_conv_norm_lif(m, nxt, lif, x)  # type: ignore[arg-type]
+                i += 3
+                continue
             x = input_conv_norm(m, nxt, x)  # type: ignore[arg-type]
             i += 2
             continue

@@ -125,13 +125,16 @@ def lif_forward(currents: torch.Tensor, carry: torch.Tensor | None, dyn: Dynamic
 
 
 def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor | None, grad_carry: torch.Tensor | None,
-                 dyn: Dynamics) -> torch.Tensor:
+                 dyn: Dynamics, overwrite: bool = False) -> torch.Tensor:
     """Gradient w.r.t. every ``u[t]`` (= w.r.t. ``I[t]``; at t = 0 also w.r.t. the initial carry).
 
     ``dL/du[t] = dL/ds[t]·h[t] + dL/du[t+1]·∂c[t]/∂u[t]`` with ``h`` the surrogate derivative
     at ``u[t] − V_th``; the last step receives ``grad_carry`` (the final carry's gradient).
     For the soft resets ``∂c/∂u = λ − k·h`` (k = λ·V_th, or V_th outside the leak; 0 when the
     reset is detached), so ``dL/du[t] = h·(dL/ds − k·dL/du[t+1]) + λ·dL/du[t+1]``.
+
+    ``overwrite``: ``potentials`` is the caller's own buffer, which the tensor path may reuse
+    for the gradient (soft resets, or no temporal routes) instead of allocating another.
     """
     lam, th = dyn.decay, dyn.v_threshold
     kernels = _kernels_for(potentials)
@@ -141,10 +144,10 @@ def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor | None, gra
     if not dyn.temporal_routes:  # dL/du[t] = dL/ds[t]·h[t]: every step as if its carry were detached
         if grad_spikes is None:
             return torch.zeros_like(potentials)
-        return dyn.surrogate.derivative_(potentials - th).mul_(grad_spikes)
+        return dyn.surrogate.derivative_(potentials.sub_(th) if overwrite else potentials - th).mul_(grad_spikes)
     if dyn.reset == "hard":
         return _hard_backward(potentials, grad_spikes, grad_carry, dyn)
-    grad = dyn.surrogate.derivative_(potentials - th)  # h, overwritten step by step with dL/du
+    grad = dyn.surrogate.derivative_(potentials.sub_(th) if overwrite else potentials - th)  # h, then dL/du
     k = dyn.reset_weight
     if grad_spikes is None:
         grad_spikes = torch.zeros_like(potentials)
