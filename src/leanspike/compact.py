@@ -218,8 +218,8 @@ class CompactSaved:
 
     def _recipe_pays(self, t: torch.Tensor, root: torch.Tensor) -> bool:
         """A recipe costs its root's bits (nothing when they are kept already) and a recomputation;
-        keep ``t`` itself when that is no bigger (a derived tensor of fewer than 1/32 as many
-        floats as its root)."""
+        keep ``t`` itself when that is no bigger (a float32 tensor with at most 1/32 as many
+        values as its root, e.g. an 8×8 average of spikes)."""
         return self._cached(root) is not None or t.numel() * t.element_size() > -(-root.numel() // 8)
 
     def _restore(self, packed: Any) -> torch.Tensor:
