@@ -1,13 +1,16 @@
-"""The memory model against measurement: calibrate on two runs, predict the others.
+"""The memory model against measurement: calibrate on a few short runs, predict the others.
 
-    python bench/memory_model.py                       # lenet1, spiking_cnn, alexnet
+    python bench/memory_model.py                       # lenet1, spiking_cnn, alexnet, vgg11
     python bench/memory_model.py --models lenet1 --batch 16
 
-For every model: measure BPTT's peak saved bytes at T = 1 and T = 2 (one batch size),
-fit ``bytes = B·(a·k + b)`` (leanspike.planner.fit_memory_model), then predict and measure
-TBPTT(k), SLTT, SLTT-K and the local method (k, n) at other T. Saved bytes exclude
-parameters (local classifiers' too), buffers and the input batch. The analytic column is
-the uncalibrated count of leanspike.costs (k · elements autograd keeps per step · 4 bytes).
+For every model: measure BPTT's peak saved bytes at T = 1, 2 and 3 and TBPTT(2) at T = 4 (one
+batch size), and the same for the local method (k = T, then k = 2) for each block size n it
+predicts; fit each (leanspike.planner.calibrate, as ``leanspike plan`` does: a line through
+intervals of 2 and 3 steps, one step on its own, the carry a later interval keeps), then
+predict and measure TBPTT(k), SLTT, SLTT-K and the local method (k, n) at other T.
+Saved bytes exclude parameters (local classifiers' too), buffers and the input batch. The
+analytic column is the uncalibrated count of leanspike.costs (k · elements autograd keeps
+per step · 4 bytes).
 Prints a Markdown table and writes bench/results/memory_model.json.
 """
 
@@ -26,7 +29,7 @@ import leanspike
 
 from leanspike.costs import CostSetting, analyze, profile_model
 from leanspike.models.registry import REFERENCE, build_model
-from leanspike.planner import Setting, fit_memory_model, measure_saved_bytes, random_batch
+from leanspike.planner import Setting, calibrate, measure_saved_bytes, random_batch
 
 SETTINGS = [  # (setting, T)
     (Setting("bptt"), 4), (Setting("bptt"), 8),
@@ -50,11 +53,10 @@ def run_model(name: str, batch: int) -> list[dict]:
     model = build_model(name, in_channels=ref.in_channels, num_classes=ref.num_classes, input_size=ref.input_size)
     shape = (ref.in_channels, ref.input_size, ref.input_size)
     profile = profile_model(model, shape, ref.num_classes)
-    points = []
-    for T in (1, 2):
-        x, y = random_batch(model, shape, T, batch, ref.num_classes)
-        points.append((T, batch, float(measure_saved_bytes(model, Setting("bptt").build(), x, y))))
-    memory = fit_memory_model(points, profile)
+    # the local method is calibrated on itself for each block size n used below: its engine frees
+    # each block's graph before the next, which BPTT's line cannot tell
+    ns = sorted({int(s.n) for s, _ in SETTINGS if s.method == "local" and int(s.n) < profile.depth})
+    memory = calibrate(model, shape, ref.num_classes, batches=(batch,), profile=profile, local_ns=ns)
     rows = []
     for setting, T in SETTINGS:
         if setting.method == "local" and int(setting.n) >= profile.depth:
@@ -81,7 +83,7 @@ def _commit() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["lenet1", "spiking_cnn", "alexnet"])
+    p.add_argument("--models", nargs="+", default=["lenet1", "spiking_cnn", "alexnet", "vgg11"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory_model.json"))
     args = p.parse_args(argv)

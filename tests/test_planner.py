@@ -1,4 +1,4 @@
-"""The memory planner: predictions from four tiny calibration steps against measured peaks."""
+"""The memory planner: predictions from a few tiny calibration steps against measured peaks."""
 
 import json
 
@@ -8,6 +8,7 @@ from torch import nn
 
 from leanspike import BPTT, LIF, SLTT, TBPTT, TruncatedLocalBPTT
 from leanspike.errors import UserError
+from leanspike.layers import SequenceDropout, StepBatchNorm2d
 from leanspike.measure import SavedTensorMeter
 from leanspike.planner import MemoryModel, Setting, calibrate, candidates, parse_bytes, parse_shape, plan
 
@@ -33,8 +34,8 @@ def measured(model, method, T, B):
 
 def test_predictions_match_measured_peaks_within_ten_percent():
     model = small_cnn()
-    memory = calibrate(model, (1, 12, 12), 5, local_ns=(1,))  # BPTT and local n = 1 at T, batch ∈ {1, 2}
-    assert {(p["k"], p["batch"]) for p in memory.points} == {(1, 1), (2, 1), (1, 2), (2, 2)}
+    memory = calibrate(model, (1, 12, 12), 5, local_ns=(1,))  # BPTT and local n = 1 at T ∈ {1, 2, 3}, B ∈ {1, 2}
+    assert {(p["k"], p["batch"]) for p in memory.points} == {(k, b) for k in (1, 2, 3) for b in (1, 2)}
     cases = [(Setting("bptt"), BPTT(), 6, 8),
              (Setting("tbptt", k=3), TBPTT(3), 7, 8),  # k ∤ T: the longest interval counts
              (Setting("local", k=2, n=1), TruncatedLocalBPTT(2, 1), 5, 6),
@@ -45,6 +46,30 @@ def test_predictions_match_measured_peaks_within_ten_percent():
         assert abs(predicted - got) / got < 0.10, (setting.label(), predicted, got)
     # the local engine frees each block's graph before the next block runs: below BPTT's at the same k
     assert memory.saved_bytes(Setting("local", k=2, n=1), 5, 6) < memory.saved_bytes(Setting("tbptt", k=2), 5, 6)
+
+
+def layer_by_layer_cnn():
+    """Per-step batch norms: the layer-by-layer path, where a lone step keeps more per step than
+    longer intervals (norm_lif, InputConvNormLIF) and a later interval keeps its carry in."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), StepBatchNorm2d(6), LIF(tau=2.0), SequenceDropout(0.2), nn.AvgPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1), StepBatchNorm2d(8), LIF(tau=2.0), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 3 * 3, 16), LIF(tau=2.0), nn.Linear(16, 5))
+
+
+def test_predictions_are_exact_where_intervals_of_one_step_and_carried_ones_differ():
+    model = layer_by_layer_cnn()
+    memory = calibrate(model, (1, 12, 12), 5, local_ns=(1,))
+    assert memory.fit is not None and memory.fit.one_step is not None and memory.fit.carry is not None
+    assert memory.fit.carry[0] > 0  # the fused pairs keep their carry in after the first interval
+    cases = [(Setting("bptt"), BPTT(), 6, 8), (Setting("tbptt", k=3), TBPTT(3), 7, 8),
+             (Setting("tbptt", k=2), TBPTT(2), 6, 4), (Setting("sltt"), SLTT(), 5, 8),
+             (Setting("local", k=2, n=1), TruncatedLocalBPTT(2, 1), 6, 4)]
+    for setting, method, T, B in cases:
+        got = measured(model, method, T, B)
+        predicted = memory.saved_bytes(setting, T, B)
+        assert abs(predicted - got) / got < 0.01, (setting.label(), predicted, got)
 
 
 def test_plan_orders_by_expected_accuracy_cost_and_marks_what_fits():

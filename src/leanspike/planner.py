@@ -5,8 +5,12 @@ steps for TBPTT(k) and the local method, all T for BPTT, one step for SLTT and S
 (steps outside the K sampled ones build no graph). The graph of a step grows linearly
 with the batch, so the saved bytes follow ``bytes(k, B) = B·(a·k + b) + c·k + d``.
 :func:`calibrate` measures BPTT's saved bytes (:class:`~leanspike.measure.SavedTensorMeter`,
-parameters, buffers and the input left out) at T ∈ {1, 2} and B ∈ {1, 2} and fits that
-line; :meth:`MemoryModel.saved_bytes` then predicts any method at any T and batch. The local
+parameters, buffers and the input left out) at T ∈ {1, 2, 3} and B ∈ {1, 2} and fits that
+line through T = 2 and 3; :meth:`MemoryModel.saved_bytes` then predicts any method at any T
+and batch. One-step intervals (SLTT's) get their own measured ``B·p + q``: over two steps or
+more, some layer pairs keep one tensor where a lone step keeps two
+(:mod:`~leanspike.norm_lif`, :class:`~leanspike.multistep.InputConvNormLIF`), so one step is
+not on the line through longer intervals. The local
 method's engine runs one block at a time (forward over the interval, backward, next block),
 so its peak is its largest block's graph with that block's classifier: a line of the same
 form, calibrated per block size n from the local method itself (``local_ns``).
@@ -144,13 +148,57 @@ def random_batch(model: nn.Module, input_shape: Sequence[int], T: int, batch: in
     return x, y
 
 
+def _affine(coef: Sequence[float], batch: int) -> float:
+    """``B·p + q`` of ``coef = [p, q]``."""
+    return batch * coef[0] + coef[1]
+
+
+@dataclass
+class IntervalFit:
+    """Saved bytes of one interval of k steps, for one kind of graph (the whole network's, or
+    the local method's largest block with its classifier), as fitted by :func:`fit_memory_model`.
+
+    ``line`` ``[a, b, c, d]``: ``B·(a·k + b) + c·k + d``, for every k when ``one_step`` is
+    None, else for k ≥ 2. ``one_step`` ``[p, q]``: ``B·p + q`` for k = 1, measured apart (over
+    two steps or more some layer pairs keep one tensor where a lone step keeps two:
+    :mod:`~leanspike.norm_lif`, :class:`~leanspike.multistep.InputConvNormLIF`). ``carry``
+    ``[p, q]``: what an interval of two steps or more keeps in addition when it starts from
+    the state a previous interval left (those pairs keep the carry in to rebuild ``u``).
+    """
+
+    line: list[float]
+    one_step: list[float] | None = None
+    carry: list[float] | None = None
+
+    def interval(self, k: int, batch: int, carried: bool = False) -> float:
+        if k == 1 and self.one_step is not None:
+            return _affine(self.one_step, batch)
+        a, b, c, d = self.line
+        extra = _affine(self.carry, batch) if carried and k >= 2 and self.carry is not None else 0.0
+        return batch * (a * k + b) + c * k + d + extra
+
+    def peak(self, T: int, k: int, batch: int) -> float:
+        """The largest interval of ``split_intervals(T, k)``: the first from rest, the others
+        from a carry (the last may be shorter)."""
+        first = self.interval(min(k, T), batch)
+        if k >= T:
+            return first
+        rest = self.interval(k, batch, carried=True) if T >= 2 * k else 0.0
+        return max(first, rest, self.interval(T % k, batch, carried=True) if T % k else 0.0)
+
+    def as_dict(self) -> dict:
+        return {"line": self.line, "one_step": self.one_step, "carry": self.carry}
+
+
 @dataclass
 class MemoryModel:
-    """``saved(k, B) = B·(per_sample_step·k + per_sample) + per_step·k + const`` bytes.
+    """``saved(k, B) = B·(per_sample_step·k + per_sample) + per_step·k + const`` bytes for the
+    whole network's graph (``fits``, when calibrated, refines it: :class:`IntervalFit`).
 
     ``local`` holds the same four coefficients per block size n, fitted on the local
-    method's own peaks; a local setting without them is bounded by the whole network's
-    graph plus one LIF tensor per classifier (blocks never hold more than that together).
+    method's own peaks (``local_fits``: with one step and carry terms); a local setting
+    without them is bounded by the whole network's graph plus one LIF tensor per classifier
+    (blocks never hold more than that together).
     """
 
     per_sample_step: float
@@ -161,9 +209,14 @@ class MemoryModel:
     depth: int = 1
     points: list[dict] = field(default_factory=list)
     local: dict[int, list[float]] = field(default_factory=dict)
+    fit: IntervalFit | None = None
+    local_fits: dict[int, IntervalFit] = field(default_factory=dict)
+
+    def _whole(self) -> IntervalFit:
+        return self.fit or IntervalFit([self.per_sample_step, self.per_sample, self.per_step, self.const])
 
     def graph_bytes(self, k: int, batch: int) -> float:
-        return batch * (self.per_sample_step * k + self.per_sample) + self.per_step * k + self.const
+        return self._whole().interval(k, batch)
 
     def heads(self, n: int) -> int:
         return math.ceil(self.depth / n) - 1
@@ -171,17 +224,18 @@ class MemoryModel:
     def saved_bytes(self, setting: Setting, T: int, batch: int) -> float:
         k = setting.interval(T)
         if setting.method != "local" or int(setting.n) >= self.depth:  # type: ignore[arg-type]
-            return self.graph_bytes(k, batch)
+            return self._whole().peak(T, k, batch)
         n = int(setting.n)  # type: ignore[arg-type]
-        if n in self.local:
-            a, b, c, d = self.local[n]
-            return batch * (a * k + b) + c * k + d
-        return self.graph_bytes(k, batch) + self.heads(n) * batch * self.head_per_sample_step * k
+        if n in self.local_fits or n in self.local:
+            return (self.local_fits.get(n) or IntervalFit(self.local[n])).peak(T, k, batch)
+        return self._whole().peak(T, k, batch) + self.heads(n) * batch * self.head_per_sample_step * k
 
     def as_dict(self) -> dict:
         return {"per_sample_step": self.per_sample_step, "per_sample": self.per_sample, "per_step": self.per_step,
                 "const": self.const, "head_per_sample_step": self.head_per_sample_step, "depth": self.depth,
-                "points": self.points, "local": {str(n): v for n, v in self.local.items()}}
+                "points": self.points, "local": {str(n): v for n, v in self.local.items()},
+                "fit": self.fit.as_dict() if self.fit else None,
+                "local_fits": {str(n): f.as_dict() for n, f in self.local_fits.items()}}
 
 
 def _fit_line(points: Sequence[tuple[int, int, float]]) -> list[float]:
@@ -201,30 +255,69 @@ def _fit_line(points: Sequence[tuple[int, int, float]]) -> list[float]:
     return [float(v) for v in coef] + [0.0] * (4 - len(coef))
 
 
+def _fit_affine(points: Sequence[tuple[int, float]]) -> list[float]:
+    """``bytes = B·p + q`` through ``(batch, bytes)`` points (``q = 0`` with one batch size)."""
+    if len({p[0] for p in points}) < 2:
+        return [sum(v / b for b, v in points) / len(points), 0.0]
+    coef, *_ = np.linalg.lstsq(np.array([[b, 1.0] for b, _ in points], dtype=float),
+                               np.array([v for _, v in points], dtype=float), rcond=None)
+    return [float(v) for v in coef]
+
+
+def _fit_interval(points: Sequence[tuple[int, int, float]],
+                  carried: Sequence[tuple[int, int, float]] = ()) -> IntervalFit:
+    """The line through the points of two steps or more and one steps' own fit (when there are
+    two longer interval lengths to draw the line; else one line through all), and the carry:
+    ``carried`` holds ``(k, batch, bytes)`` of intervals that start from a carry."""
+    longer = [p for p in points if p[0] >= 2]
+    ones = [p for p in points if p[0] == 1]
+    if len({p[0] for p in longer}) >= 2 and ones:
+        fit = IntervalFit(_fit_line(longer), _fit_affine([(b, v) for _, b, v in ones]))
+    else:
+        fit = IntervalFit(_fit_line(points))
+    if carried:
+        fit.carry = _fit_affine([(b, v - fit.interval(k, b)) for k, b, v in carried])
+    return fit
+
+
 def fit_memory_model(points: Sequence[tuple[int, int, float]], profile: ModelProfile,
-                     local: dict[int, Sequence[tuple[int, int, float]]] | None = None) -> MemoryModel:
-    """Fit measured ``(k, batch, bytes)`` points: BPTT's, and the local method's per block size."""
-    values = _fit_line(points)
+                     local: dict[int, Sequence[tuple[int, int, float]]] | None = None,
+                     carried: Sequence[tuple[int, int, float]] = (),
+                     local_carried: dict[int, Sequence[tuple[int, int, float]]] | None = None) -> MemoryModel:
+    """Fit measured ``(k, batch, bytes)`` points: BPTT's, and the local method's per block size;
+    ``carried`` (and ``local_carried``): peaks of TBPTT(k) (the local method) over 2k steps,
+    whose second interval starts from a carry."""
+    fit = _fit_interval(points, carried)
     head = profile.num_classes * profile.itemsize
-    return MemoryModel(*values, head, profile.depth, [{"k": k, "batch": b, "bytes": v} for k, b, v in points],
-                       {n: _fit_line(p) for n, p in (local or {}).items()})
+    local_fits = {n: _fit_interval(p, (local_carried or {}).get(n, ())) for n, p in (local or {}).items()}
+    return MemoryModel(*fit.line, head, profile.depth, [{"k": k, "batch": b, "bytes": v} for k, b, v in points],
+                       {n: f.line for n, f in local_fits.items()}, fit, local_fits)
 
 
-def calibrate(model: nn.Module, input_shape: Sequence[int], num_classes: int, steps: Sequence[int] = (1, 2),
+def calibrate(model: nn.Module, input_shape: Sequence[int], num_classes: int, steps: Sequence[int] = (1, 2, 3),
               batches: Sequence[int] = (1, 2), profile: ModelProfile | None = None,
               local_ns: Sequence[int] = ()) -> MemoryModel:
     """Measure BPTT's saved bytes at each (T, batch), and the local method's (k = T) for each
-    block size in ``local_ns`` below the depth, and fit a :class:`MemoryModel`."""
+    block size in ``local_ns`` below the depth; with 2 among ``steps``, also both over two
+    intervals of 2 steps (T = 4: the second starts from a carry); fit a :class:`MemoryModel`."""
     profile = profile or profile_model(model, input_shape, num_classes)
     points: list[tuple[int, int, float]] = []
-    local: dict[int, list[tuple[int, int, float]]] = {n: [] for n in sorted(set(local_ns)) if n < profile.depth}
+    carried: list[tuple[int, int, float]] = []
+    ns = [n for n in sorted(set(local_ns)) if n < profile.depth]
+    local: dict[int, list[tuple[int, int, float]]] = {n: [] for n in ns}
+    local_carried: dict[int, list[tuple[int, int, float]]] = {n: [] for n in ns}
     for b in batches:
         for t in steps:
             x, y = random_batch(model, input_shape, t, b, num_classes)
             points.append((t, b, float(measure_saved_bytes(model, BPTT(), x, y))))
             for n, found in local.items():
                 found.append((t, b, float(measure_saved_bytes(model, TruncatedLocalBPTT(t, n), x, y))))
-    return fit_memory_model(points, profile, local)
+        if 2 in steps:
+            x, y = random_batch(model, input_shape, 4, b, num_classes)
+            carried.append((2, b, float(measure_saved_bytes(model, TBPTT(2), x, y))))
+            for n, found in local_carried.items():
+                found.append((2, b, float(measure_saved_bytes(model, TruncatedLocalBPTT(2, n), x, y))))
+    return fit_memory_model(points, profile, local, carried, local_carried)
 
 
 # --------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
     leanspike plan --model vgg11 --input 2x48x48 --T 10 --batch 64 --budget 4GiB
 
-Calibrates from four cheap steps (BPTT at T ∈ {1, 2}, batch ∈ {1, 2}; the saved bytes
-scale linearly in T and batch), predicts the peak memory of BPTT, TBPTT(k), SLTT, SLTT-K
+Calibrates from a few cheap runs (BPTT at T ∈ {1, 2, 3} and TBPTT(2) at T = 4, batch ∈ {1, 2};
+the saved bytes scale linearly in T and batch, with one step and a carried interval fitted
+apart: leanspike.planner), predicts the peak memory of BPTT, TBPTT(k), SLTT, SLTT-K
 and the local method, and lists them in order of expected accuracy cost with the first
 that fits marked as the recommendation. ``--json`` writes the plan as JSON.
 """
