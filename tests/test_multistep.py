@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from leanspike import BPTT, LIF, SLTT, SLTTK, TBPTT, OTTT, Sigmoid
+from leanspike import engine as engine_module
 from leanspike.engine import Engine, Schedule, infer
 from leanspike.layers import SequenceDropout, StepBatchNorm2d
 from leanspike.measure import SavedTensorMeter
@@ -341,3 +342,19 @@ def test_weight_gradient_sums_flush_before_every_update_and_skip_hooked_weights(
     for a, b in zip(on, off):
         torch.testing.assert_close(a, b, **TOL)
     assert any(not torch.equal(a, b) for a, b in zip(on, [p.detach() for p in _wide_net().parameters()]))
+
+
+@pytest.mark.parametrize("method", [BPTT, SLTT])
+def test_under_autocast_the_engine_runs_step_by_step(method, monkeypatch):
+    """The layer-by-layer functions save and recompute tensors for a backward that runs outside
+    autocast; under autocast the engine takes the plain step-by-step path, which trains."""
+    net = make_net()
+    x, y = data()
+    x = x.float()
+    monkeypatch.setattr(engine_module, "run_sequence", lambda *a, **k: pytest.fail("layer by layer"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not supports_sequence(net)
+        grads = method().compute_gradients(net, x, y)
+    assert supports_sequence(net)  # outside autocast, layer by layer again
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert any(g.abs().max() > 0 for g in grads.values())

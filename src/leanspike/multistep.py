@@ -105,12 +105,18 @@ def _supported_sequential(seq: nn.Sequential) -> bool:
     return all(_supported_child(c) for c in children)
 
 
+def _autocast() -> bool:
+    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+
+
 def supports_sequence(module: nn.Module | None) -> bool:
-    """True when ``module`` can run layer by layer over ``[t, B, ...]`` (see module doc)."""
+    """True when ``module`` can run layer by layer over ``[t, B, ...]`` (see module doc). Not
+    under autocast: the functions here save and recompute tensors for backward, which runs
+    outside autocast, in the forward's dtypes; the step-by-step path is plain PyTorch there."""
     if module is None:
         return True
     return isinstance(module, nn.Sequential) and _plain(module) and not _global_hooks() \
-        and _supported_sequential(module)
+        and not _autocast() and _supported_sequential(module)
 
 
 # ------------------------------------------------------------------------------ input conv + BN
