@@ -304,12 +304,17 @@ def _check_input_conv_norm(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm,
         raise ValueError(f"expected more than 1 value per channel when training, got {count}")
 
 
-def _with_lif(lif: nn.Module | None, x: torch.Tensor) -> bool:
-    """Whether an :class:`InputConvNorm` on ``x`` ``[T, B, ...]`` may take ``lif`` after it
-    (:class:`InputConvNormLIF`): a plain LIF, two steps or more (for one, the carry it keeps
-    is as big as ``u``), on the CPU (where recomputing the conv and the norm gives the
-    forward's values bit for bit; cuDNN may pick another algorithm for the same call)."""
-    return type(lif) is LIF and x.shape[0] >= 2 and x.device.type == "cpu"
+def _with_lif(conv: nn.Conv2d, lif: nn.Module | None, x: torch.Tensor) -> bool:
+    """Whether an :class:`InputConvNorm` of ``conv`` on ``x`` ``[T, B, ...]`` may take ``lif``
+    after it (:class:`InputConvNormLIF`): a plain LIF, two steps or more (for one, the carry it
+    keeps is as big as ``u``), on the CPU (where recomputing the conv and the norm gives the
+    forward's values bit for bit; cuDNN may pick another algorithm for the same call), and a
+    carry of the step's own shape (not one to broadcast)."""
+    if type(lif) is not LIF or x.shape[0] < 2 or x.device.type != "cpu":
+        return False
+    carry = lif.carry  # type: ignore[union-attr]
+    conf = (conv.stride, conv.padding, conv.dilation)
+    return carry is None or carry.shape == (x.shape[1], conv.out_channels, *_out_size(x[0], conv.weight, conf))
 
 
 def input_conv_norm_lif(conv: nn.Conv2d, bn: nn.Module, lif: LIF, x: torch.Tensor) -> torch.Tensor:
@@ -317,10 +322,7 @@ def input_conv_norm_lif(conv: nn.Conv2d, bn: nn.Module, lif: LIF, x: torch.Tenso
     bn_: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
     _check_input_conv_norm(conv, bn_, x)
     conf = (conv.stride, conv.padding, conv.dilation, conv.groups)
-    carry = lif.carry
-    if carry is not None and carry.shape != (x.shape[1], conv.out_channels, *_out_size(x[0], conv.weight, conf)):
-        return lif.forward_sequence(input_conv_norm(conv, bn, x))  # a broadcast carry: apart
-    spikes, lif.carry = InputConvNormLIF.apply(x, conv.weight, conv.bias, bn_.weight, bn_.bias, carry, conf, bn,
+    spikes, lif.carry = InputConvNormLIF.apply(x, conv.weight, conv.bias, bn_.weight, bn_.bias, lif.carry, conf, bn,
                                                lif.dynamics())
     return mark_binary(spikes)
 
@@ -656,7 +658,7 @@ def run_sequence(seq: nn.Sequential, x: torch.Tensor, kept_input: bool = False) 
         nxt = children[i + 1] if i + 1 < len(children) else None
         if i == 0 and kept_input and nxt is not None and _input_conv_norm(m, nxt, x):
             lif = children[2] if len(children) > 2 else None
-            if _with_lif(lif, x):  # the LIF's u is not kept either
+            if _with_lif(m, lif, x):  # the LIF's u is not kept either
                 x = input_conv_norm_lif(m, nxt, lif, x)  # type: ignore[arg-type]
                 i += 3
                 continue

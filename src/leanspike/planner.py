@@ -195,10 +195,9 @@ class MemoryModel:
     """``saved(k, B) = B·(per_sample_step·k + per_sample) + per_step·k + const`` bytes for the
     whole network's graph (``fits``, when calibrated, refines it: :class:`IntervalFit`).
 
-    ``local`` holds the same four coefficients per block size n, fitted on the local
-    method's own peaks (``local_fits``: with one step and carry terms); a local setting
-    without them is bounded by the whole network's graph plus one LIF tensor per classifier
-    (blocks never hold more than that together).
+    ``local`` holds an :class:`IntervalFit` per block size n, fitted on the local method's
+    own peaks; a local setting without one is bounded by the whole network's graph plus one
+    LIF tensor per classifier (blocks never hold more than that together).
     """
 
     per_sample_step: float
@@ -208,9 +207,8 @@ class MemoryModel:
     head_per_sample_step: float = 0.0  # one local classifier's LIF, per sample and step
     depth: int = 1
     points: list[dict] = field(default_factory=list)
-    local: dict[int, list[float]] = field(default_factory=dict)
+    local: dict[int, IntervalFit] = field(default_factory=dict)
     fit: IntervalFit | None = None
-    local_fits: dict[int, IntervalFit] = field(default_factory=dict)
 
     def _whole(self) -> IntervalFit:
         return self.fit or IntervalFit([self.per_sample_step, self.per_sample, self.per_step, self.const])
@@ -226,16 +224,15 @@ class MemoryModel:
         if setting.method != "local" or int(setting.n) >= self.depth:  # type: ignore[arg-type]
             return self._whole().peak(T, k, batch)
         n = int(setting.n)  # type: ignore[arg-type]
-        if n in self.local_fits or n in self.local:
-            return (self.local_fits.get(n) or IntervalFit(self.local[n])).peak(T, k, batch)
+        if n in self.local:
+            return self.local[n].peak(T, k, batch)
         return self._whole().peak(T, k, batch) + self.heads(n) * batch * self.head_per_sample_step * k
 
     def as_dict(self) -> dict:
         return {"per_sample_step": self.per_sample_step, "per_sample": self.per_sample, "per_step": self.per_step,
                 "const": self.const, "head_per_sample_step": self.head_per_sample_step, "depth": self.depth,
-                "points": self.points, "local": {str(n): v for n, v in self.local.items()},
-                "fit": self.fit.as_dict() if self.fit else None,
-                "local_fits": {str(n): f.as_dict() for n, f in self.local_fits.items()}}
+                "points": self.points, "local": {str(n): f.as_dict() for n, f in self.local.items()},
+                "fit": self.fit.as_dict() if self.fit else None}
 
 
 def _fit_line(points: Sequence[tuple[int, int, float]]) -> list[float]:
@@ -291,7 +288,7 @@ def fit_memory_model(points: Sequence[tuple[int, int, float]], profile: ModelPro
     head = profile.num_classes * profile.itemsize
     local_fits = {n: _fit_interval(p, (local_carried or {}).get(n, ())) for n, p in (local or {}).items()}
     return MemoryModel(*fit.line, head, profile.depth, [{"k": k, "batch": b, "bytes": v} for k, b, v in points],
-                       {n: f.line for n, f in local_fits.items()}, fit, local_fits)
+                       local_fits, fit)
 
 
 def calibrate(model: nn.Module, input_shape: Sequence[int], num_classes: int, steps: Sequence[int] = (1, 2, 3),
