@@ -10,7 +10,8 @@ line through T = 2 and 3; :meth:`MemoryModel.saved_bytes` then predicts any meth
 and batch. One-step intervals (SLTT's) get their own measured ``B·p + q``: over two steps or
 more, some layer pairs keep one tensor where a lone step keeps two
 (:mod:`~leanspike.norm_lif`, :class:`~leanspike.multistep.InputConvNormLIF`), so one step is
-not on the line through longer intervals. The local
+not on the line through longer intervals; an interval that starts from a previous one's state
+keeps those pairs' carry in too, measured from TBPTT(2) at T = 4. The local
 method's engine runs one block at a time (forward over the interval, backward, next block),
 so its peak is its largest block's graph with that block's classifier: a line of the same
 form, calibrated per block size n from the local method itself (``local_ns``).
@@ -193,7 +194,7 @@ class IntervalFit:
 @dataclass
 class MemoryModel:
     """``saved(k, B) = B·(per_sample_step·k + per_sample) + per_step·k + const`` bytes for the
-    whole network's graph (``fits``, when calibrated, refines it: :class:`IntervalFit`).
+    whole network's graph (``fit``, when calibrated, refines it: :class:`IntervalFit`).
 
     ``local`` holds an :class:`IntervalFit` per block size n, fitted on the local method's
     own peaks; a local setting without one is bounded by the whole network's graph plus one
@@ -212,9 +213,6 @@ class MemoryModel:
 
     def _whole(self) -> IntervalFit:
         return self.fit or IntervalFit([self.per_sample_step, self.per_sample, self.per_step, self.const])
-
-    def graph_bytes(self, k: int, batch: int) -> float:
-        return self._whole().interval(k, batch)
 
     def heads(self, n: int) -> int:
         return math.ceil(self.depth / n) - 1
