@@ -6,6 +6,20 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_steps_layer_by_layer():
+    """Test nets are tiny, so the engine would run their one-step intervals step by step
+    (``multistep.ONE_STEP_MIN_VALUES``): take the layer-by-layer path for them too, so that the
+    tests prove it. ``test_multistep`` checks the rule itself at its real value. (Not through
+    ``monkeypatch``: tests call its ``undo``.)"""
+    from leanspike import multistep
+
+    real = multistep.ONE_STEP_MIN_VALUES
+    multistep.ONE_STEP_MIN_VALUES = 0
+    yield real
+    multistep.ONE_STEP_MIN_VALUES = real
+
+
 @pytest.fixture
 def float64():
     old = torch.get_default_dtype()

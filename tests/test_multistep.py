@@ -22,11 +22,11 @@ from conftest import float64_conv_reference
 TOL = dict(atol=1e-10, rtol=1e-10)
 
 
-def make_net(seed=0, dropout=0.3):
+def make_net(seed=0, dropout=0.3, norm=StepBatchNorm2d):
     torch.manual_seed(seed)
     lif = lambda: LIF(decay=0.5, surrogate=Sigmoid(4.0))  # noqa: E731
-    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), StepBatchNorm2d(4), lif(), SequenceDropout(dropout),
-                        nn.AvgPool2d(2), nn.Conv2d(4, 6, 3, padding=1), StepBatchNorm2d(6), lif(),
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), norm(4), lif(), SequenceDropout(dropout),
+                        nn.AvgPool2d(2), nn.Conv2d(4, 6, 3, padding=1), norm(6), lif(),
                         nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
     with torch.no_grad():
         net[0].weight.mul_(2.0)
@@ -39,28 +39,65 @@ def data(T=4, B=5, seed=1):
     return (torch.rand(T, B, 2, 8, 8, generator=g) < 0.4).double(), torch.randint(0, 3, (B,), generator=g)
 
 
-def _run(method_factory, sequence, monkeypatch):
-    net = make_net().double()
+def _run(method_factory, sequence, monkeypatch, norm=StepBatchNorm2d):
+    net = make_net(norm=norm).double()
     x, y = data()
     if not sequence:
         monkeypatch.setattr(Engine, "supports_sequence", lambda self: False)
     torch.manual_seed(7)  # the dropout masks
     grads = method_factory().compute_gradients(net, x, y)
     monkeypatch.undo()
-    stats = [b.detach().clone() for m in net.modules() if isinstance(m, StepBatchNorm2d) for b in m.buffers()]
+    stats = [b.detach().clone() for m in net.modules() if isinstance(m, nn.BatchNorm2d) for b in m.buffers()]
     return grads, stats
 
 
 @pytest.mark.parametrize("factory", [BPTT, lambda: TBPTT(3), SLTT, lambda: SLTT(steps_per_backward=3),
                                      lambda: SLTTK(2, generator=torch.Generator().manual_seed(3))],
                          ids=["bptt", "tbptt3", "sltt", "sltt-3-per-backward", "sltt-k2"])
-def test_layer_by_layer_equals_step_by_step(float64, factory, monkeypatch):
-    g_seq, s_seq = _run(factory, True, monkeypatch)
-    g_step, s_step = _run(factory, False, monkeypatch)
+@pytest.mark.parametrize("norm", [StepBatchNorm2d, nn.BatchNorm2d], ids=["step-bn", "torch-bn"])
+def test_layer_by_layer_equals_step_by_step(float64, factory, norm, monkeypatch):
+    """Also with PyTorch's own BatchNorm2d, which a model calls once per step: each step has its
+    own statistics on both paths (every norm update counted: 2 per step and layer)."""
+    g_seq, s_seq = _run(factory, True, monkeypatch, norm)
+    g_step, s_step = _run(factory, False, monkeypatch, norm)
+    assert len(s_seq) == 6 and int(s_seq[2]) > 0
     assert sum(int(g.abs().sum() > 0) for g in g_seq.values()) == len(g_seq)
     for name in g_seq:
         torch.testing.assert_close(g_seq[name], g_step[name], **TOL, msg=lambda m: f"{name}: {m}")
     for a, b in zip(s_seq, s_step):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("norm_options", [dict(momentum=None), dict(affine=False), dict(track_running_stats=False)],
+                         ids=["cumulative-average", "not-affine", "no-running-stats"])
+@pytest.mark.parametrize("factory", [BPTT, SLTT, lambda: TBPTT(2)], ids=["bptt", "sltt", "tbptt2"])
+def test_torch_batch_norm_1d_layer_by_layer_equals_step_by_step(float64, factory, norm_options, monkeypatch):
+    """An MLP with ``nn.BatchNorm1d`` (the options that change its statistics or parameters):
+    the same gradients and running statistics on both paths."""
+    results = []
+    for sequence in (True, False):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8, **norm_options), LIF(decay=0.5, surrogate=Sigmoid(4.0)),
+                            nn.Linear(8, 8), nn.BatchNorm1d(8, **norm_options), LIF(decay=0.5, surrogate=Sigmoid(4.0)),
+                            nn.Linear(8, 3)).double()
+        with torch.no_grad():
+            net[0].weight.mul_(3.0)
+            net[3].weight.mul_(3.0)
+        assert supports_sequence(net)
+        g = torch.Generator().manual_seed(2)
+        x, y = torch.randn(5, 4, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (4,), generator=g)
+        if not sequence:
+            monkeypatch.setattr(Engine, "supports_sequence", lambda self: False)
+        grads = factory().compute_gradients(net, x, y)
+        monkeypatch.undo()
+        buffers = [b.detach().clone() for m in net.modules() if isinstance(m, nn.BatchNorm1d) for b in m.buffers()]
+        results.append((grads, buffers))
+    (g_seq, b_seq), (g_step, b_step) = results
+    assert g_seq.keys() == g_step.keys() and all(g.abs().sum() > 0 for g in g_seq.values())
+    for name in g_seq:
+        torch.testing.assert_close(g_seq[name], g_step[name], **TOL, msg=lambda m: f"{name}: {m}")
+    assert len(b_seq) == len(b_step) == (0 if "track_running_stats" in norm_options else 6)
+    for a, b in zip(b_seq, b_step):
         torch.testing.assert_close(a, b, **TOL)
 
 
@@ -121,6 +158,46 @@ def test_which_models_run_layer_by_layer():
     shared = LIF()
     assert not supports_sequence(nn.Sequential(shared, nn.Linear(2, 2), shared))
     assert not supports_sequence(nn.Sequential(nn.Flatten(0), nn.Linear(2, 2)))
+    # PyTorch's own batch norms are per-step norms here; a subclass or SyncBatchNorm is not
+    assert supports_sequence(make_net(norm=nn.BatchNorm2d))
+    assert supports_sequence(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), LIF()))
+
+    class DoubledNorm(nn.BatchNorm2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    assert not supports_sequence(nn.Sequential(nn.Conv2d(2, 2, 1), DoubledNorm(2), LIF()))
+    assert not supports_sequence(nn.Sequential(nn.Linear(2, 2), nn.SyncBatchNorm(2), LIF()))
+
+
+def test_one_step_intervals_of_small_inputs_run_step_by_step(one_steps_layer_by_layer, monkeypatch):
+    """At the real ``ONE_STEP_MIN_VALUES``, SLTT's one-step intervals on a small input take the
+    step-by-step path; intervals of two steps or more, and one-step ones on inputs as big as the
+    threshold, run layer by layer."""
+    from leanspike import multistep
+
+    monkeypatch.setattr(multistep, "ONE_STEP_MIN_VALUES", one_steps_layer_by_layer)
+    assert multistep.pays_off(2, 1) and not multistep.pays_off(1, one_steps_layer_by_layer - 1)
+    steps = []
+    real = engine_module.run_sequence
+
+    def counted(seq, x, **kwargs):
+        steps.append(x.shape[0])
+        return real(seq, x, **kwargs)
+
+    monkeypatch.setattr(engine_module, "run_sequence", counted)
+    net = make_net()
+    x, y = data(T=4)  # 5 samples × 2×8×8: 640 values per step
+    x = x.float()
+    SLTT().compute_gradients(net, x, y)
+    assert steps == []
+    BPTT().compute_gradients(net, x, y)
+    SLTT(steps_per_backward=2).compute_gradients(net, x, y)
+    assert steps == [4, 2, 2]
+    steps.clear()
+    monkeypatch.setattr(multistep, "ONE_STEP_MIN_VALUES", 640)
+    SLTT().compute_gradients(net, x, y)
+    assert steps == [1, 1, 1, 1]
 
 
 def test_ottt_still_runs_step_by_step(float64):

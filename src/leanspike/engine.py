@@ -14,7 +14,8 @@ One block (every non-local method) means one backward per interval.
 
 When every block and head supports it (:func:`~leanspike.multistep.supports_sequence`),
 an interval runs layer by layer over all its steps (:mod:`leanspike.multistep`), and
-consecutive intervals without a graph (SLTT-K's skipped steps) run as one. While it
+consecutive intervals without a graph (SLTT-K's skipped steps) run as one; a one-step
+interval on a small input runs step by step (:func:`~leanspike.multistep.pays_off`). While it
 runs, binary tensors saved for backward are kept as packed bits (:mod:`leanspike.compact`), and
 the Winograd transforms of 3×3 kernels are made once per batch (:mod:`leanspike.winograd`).
 """
@@ -30,7 +31,7 @@ from torch import nn
 
 from .compact import CompactSaved, mark_derived
 from .losses import WindowLoss
-from .multistep import NO_GRAD_CHUNK, WeightGradSums, chunk_steps, run_sequence, supports_sequence
+from .multistep import NO_GRAD_CHUNK, WeightGradSums, chunk_steps, pays_off, run_sequence, supports_sequence
 from .state import detach_states, keep_temporal_routes, reset_states
 from .winograd import KernelCache
 
@@ -199,14 +200,15 @@ class Engine:
                 detach_states(*modules)
                 with_graph = schedule.graph_intervals is None or chunk[0] in schedule.graph_intervals
                 ctx = contextlib.nullcontext() if with_graph else torch.no_grad()
-                parts = self._parts(inputs[start:stop], sequence)
+                layered = sequence and pays_off(stop - start, inputs[0].numel())
+                parts = self._parts(inputs[start:stop], layered)
                 spans = [(t0 - start, t1 - start) for t0, t1 in (schedule.intervals[i] for i in chunk)]
                 # block by block: a block's graph is freed by its own backward before the next
                 # block runs, so local blocks lower the peak (block-major order changes no value:
                 # a block's state and RNG draws depend only on its own earlier steps)
                 for b in range(n_blocks):
                     with ctx:
-                        outs, window = self._block(b, parts, sequence)
+                        outs, window = self._block(b, parts, layered)
                         windows = [window[t0:t1] for t0, t1 in spans] if len(chunk) > 1 else [window]
                         losses = [loss_fn(w, targets, total) for w in windows]
                     # a graph is built only for single-interval chunks; a block with nothing
@@ -219,7 +221,7 @@ class Engine:
                         window_sum = window.detach().sum(0)
                         out_sum = window_sum if out_sum is None else out_sum + window_sum
                     else:
-                        parts = self._detached(outs, sequence)
+                        parts = self._detached(outs, layered)
                     del outs, window, windows, losses
                 del parts
                 if schedule.update_per_interval:

@@ -98,6 +98,54 @@ class StepNorm(torch.autograd.Function):
         return (*step_norm_backward(grad, x, weight, mean, invstd, ctx.eps, mask), None)
 
 
+def check_norm_sequence(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[T, B, C, ...]`` with ``bn``'s channels (and,
+    training, more than one value per channel and step)."""
+    if x.dim() < 3:
+        raise ValueError(f"a sequence for {bn} must be [T, B, C, ...], got shape {tuple(x.shape)}")
+    bn._check_input_dim(x[0])
+    if x.shape[2] != bn.num_features:
+        raise ValueError(f"expected {bn.num_features} channels at dim 2, got {x.shape[2]}")
+    count = x[0].numel() // x.shape[2]
+    if bn.training and count < 2:
+        raise ValueError(f"expected more than 1 value per channel when training, got {count}")
+
+
+def norm_sequence(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Normalise ``x`` ``[T, B, C, ...]`` as T calls of ``bn`` (one step each) would, in one pass.
+
+    The output, the running statistics and ``num_batches_tracked`` are exactly those of
+    T sequential calls (the same kernel per step); backward saves only ``x``.
+    """
+    check_norm_sequence(bn, x)
+    if not (bn.training or not bn.track_running_stats):  # eval with running statistics: every step alike
+        flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+        return F.batch_norm(flat, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                            False, 0.0, bn.eps).reshape(x.shape)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, bn.weight, bn.bias)):
+        return StepNorm.apply(x, bn.weight, bn.bias, bn)
+    with torch.no_grad():
+        return step_norm_forward(x, bn)[0]
+
+
+_BN_FORWARD = nn.modules.batchnorm._BatchNorm.forward
+#: PyTorch's own batch norms: a leanspike model calls them once per step, so each step is
+#: normalised with its own batch statistics, as :class:`StepBatchNorm2d` does
+_TORCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def is_step_norm(m: nn.Module) -> bool:
+    """Whether ``m`` is a batch norm that sees one time step per call and can run over a
+    whole sequence with :func:`norm_sequence`: a :class:`StepBatchNorm2d` (or 1d) that keeps
+    their methods, or ``nn.BatchNorm1d/2d/3d`` itself (not a subclass, whose ``forward`` may
+    do something else; not ``SyncBatchNorm``, whose statistics span processes)."""
+    cls = type(m)
+    if isinstance(m, _StepBatchNorm):
+        return cls.forward is _BN_FORWARD and cls.forward_sequence is _StepBatchNorm.forward_sequence \
+            and cls.check_sequence is _StepBatchNorm.check_sequence
+    return cls in _TORCH_NORMS
+
+
 class _StepBatchNorm:
     """Mixin: per-step batch norm plus a vectorised ``forward_sequence``.
 
@@ -105,38 +153,18 @@ class _StepBatchNorm:
     step's batch statistics normalise it (training) and update the running statistics
     once. Over a sequence the affine parameters are shared by all steps while every step
     has its own statistics, which is what SLTT needs (it back-propagates each step on its
-    own) and what "BN through time" (statistics over all T·B samples) is not.
+    own) and what "BN through time" (statistics over all T·B samples) is not. (A plain
+    ``nn.BatchNorm2d`` called once per step does the same; this class names the intent
+    and gives the method.)
     """
 
     def check_sequence(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is ``[T, B, C, ...]`` with this norm's channels (and,
-        training, more than one value per channel and step)."""
-        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
-        if x.dim() < 3:
-            raise ValueError(f"forward_sequence expects [T, B, C, ...], got shape {tuple(x.shape)}")
-        bn._check_input_dim(x[0])
-        if x.shape[2] != bn.num_features:
-            raise ValueError(f"expected {bn.num_features} channels at dim 2, got {x.shape[2]}")
-        count = x[0].numel() // x.shape[2]
-        if bn.training and count < 2:
-            raise ValueError(f"expected more than 1 value per channel when training, got {count}")
+        """:func:`check_norm_sequence` for this norm."""
+        check_norm_sequence(self, x)  # type: ignore[arg-type]
 
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x`` ``[T, B, C, ...]`` as T calls of ``forward`` would, in one pass.
-
-        The output, the running statistics and ``num_batches_tracked`` are exactly those of
-        T sequential calls (the same kernel per step); backward saves only ``x``.
-        """
-        bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
-        self.check_sequence(x)
-        if not (bn.training or not bn.track_running_stats):  # eval with running statistics: every step alike
-            flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-            return F.batch_norm(flat, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                                False, 0.0, bn.eps).reshape(x.shape)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, bn.weight, bn.bias)):
-            return StepNorm.apply(x, bn.weight, bn.bias, bn)
-        with torch.no_grad():
-            return step_norm_forward(x, bn)[0]
+        """:func:`norm_sequence`: T calls of ``forward`` in one pass."""
+        return norm_sequence(self, x)  # type: ignore[arg-type]
 
 
 class StepBatchNorm1d(_StepBatchNorm, nn.BatchNorm1d):

@@ -36,10 +36,8 @@ from torch.autograd.function import once_differentiable
 
 from . import norm_lif, pooling, winograd
 from .compact import mark_binary, mark_derived
-from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, _StepBatchNorm, step_norm_forward
+from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, is_step_norm, norm_sequence, step_norm_forward
 from .neuron import LIF, Dynamics, lif_backward, lif_forward
-
-_BN_FORWARD = nn.modules.batchnorm._BatchNorm.forward
 
 #: modules that treat every sample on its own: they run on ``[t·B, ...]`` unchanged
 _SAMPLEWISE = {cls.forward for cls in (
@@ -59,6 +57,22 @@ NO_GRAD_CHUNK = 8
 #: every layer's temporaries grow with it (VGG-11, batch 8: cutting T = 10 into 2×5 steps
 #: was slower and saved no peak memory, so the cap only matters for long sequences)
 MAX_ROWS = 256
+
+
+#: values in one step of the input (batch × features) below which a one-step interval (SLTT's,
+#: SLTT-K's graph steps) runs step by step: over one step the functions here batch nothing, and
+#: on small inputs their Python and recomputation cost more than their kernels save. SLTT,
+#: T = 6, layer by layer against step by step, interleaved in one process: the 8×8 digits CNN
+#: at batch 32 (2 048 values) 30.9 against 21.7 ms; the same CNN on 28×28 at batch 64 (50 176)
+#: 154.7 against 149.0 ms, a tie (and less memory); VGG-11 on 2×48×48 events at batch 8
+#: (36 864) 985 against 1 301 ms
+ONE_STEP_MIN_VALUES = 1 << 14
+
+
+def pays_off(steps: int, step_values: int) -> bool:
+    """Whether an interval of ``steps`` whose input has ``step_values`` values per step should
+    run layer by layer (when the model supports it): always over two steps or more."""
+    return steps > 1 or step_values >= ONE_STEP_MIN_VALUES
 
 
 def chunk_steps(steps: int, batch: int) -> int:
@@ -89,8 +103,8 @@ def _supported_child(m: nn.Module) -> bool:
         return _supported_sequential(m)
     if isinstance(m, LIF):
         return cls.forward is LIF.forward and cls.forward_sequence is LIF.forward_sequence
-    if isinstance(m, _StepBatchNorm):
-        return cls.forward is _BN_FORWARD and cls.forward_sequence is _StepBatchNorm.forward_sequence
+    if is_step_norm(m):
+        return True
     if isinstance(m, SequenceDropout):
         return cls.forward is SequenceDropout.forward and cls.forward_sequence is SequenceDropout.forward_sequence
     if isinstance(m, nn.Flatten) and m.start_dim == 0:
@@ -282,13 +296,13 @@ def _input_conv_norm(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``conv`` then ``bn`` on the engine's input ``x`` can use :class:`InputConvNorm`."""
     bn_: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
     return (type(conv).forward is nn.Conv2d.forward and conv.padding_mode == "zeros"  # type: ignore[union-attr]
-            and not isinstance(conv.padding, str) and isinstance(bn, _StepBatchNorm)  # type: ignore[union-attr]
+            and not isinstance(conv.padding, str) and is_step_norm(bn)  # type: ignore[union-attr]
             and (bn_.training or not bn_.track_running_stats) and x.dim() == 5 and not x.requires_grad
             and torch.is_grad_enabled() and conv.weight.requires_grad)  # type: ignore[union-attr]
 
 
 def input_conv_norm(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``bn.forward_sequence(conv over [t·B])`` through :class:`InputConvNorm`."""
+    """``norm_sequence(bn, conv over [t·B])`` through :class:`InputConvNorm`."""
     bn_: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
     _check_input_conv_norm(conv, bn_, x)
     conf = (conv.stride, conv.padding, conv.dilation, conv.groups)
@@ -671,8 +685,10 @@ def run_sequence(seq: nn.Sequential, x: torch.Tensor, kept_input: bool = False) 
             continue
         if isinstance(m, nn.Sequential):
             x = run_sequence(m, x, kept_input and i == 0)
-        elif isinstance(m, (LIF, _StepBatchNorm, SequenceDropout)):
+        elif isinstance(m, (LIF, SequenceDropout)):
             x = m.forward_sequence(x)
+        elif is_step_norm(m):
+            x = norm_sequence(m, x)  # type: ignore[arg-type]
         else:
             x = _samplewise(m, x)
         i += 1

@@ -22,7 +22,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .compact import mark_binary
-from .layers import _StepBatchNorm, step_norm_backward, step_norm_forward
+from .layers import check_norm_sequence, is_step_norm, step_norm_backward, step_norm_forward
 from .neuron import LIF, Dynamics, lif_backward, lif_forward
 
 #: largest ``|β| / |γ|`` of any channel for which the norm's input is rebuilt from its output
@@ -32,7 +32,7 @@ MAX_SHIFT_RATIO = 8.0
 def applies(bn: nn.Module, lif: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``lif(bn(x))`` over ``x`` ``[T, B, C, ...]`` can run as :class:`NormLIF`: training
     statistics, an affine norm whose input can be rebuilt, float32/64, T ≥ 2, a graph to build."""
-    if not (isinstance(bn, _StepBatchNorm) and type(lif) is LIF and torch.is_grad_enabled()):
+    if not (is_step_norm(bn) and type(lif) is LIF and torch.is_grad_enabled()):
         return False
     norm: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
     weight, bias = norm.weight, norm.bias
@@ -50,10 +50,10 @@ def applies(bn: nn.Module, lif: nn.Module, x: torch.Tensor) -> bool:
 
 
 def norm_lif(bn: nn.Module, lif: LIF, x: torch.Tensor) -> torch.Tensor:
-    """``lif.forward_sequence(bn.forward_sequence(x))`` through :class:`NormLIF` (same values,
+    """``lif.forward_sequence(norm_sequence(bn, x))`` through :class:`NormLIF` (same values,
     same running statistics, same carry); :func:`applies` must hold."""
     norm: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
-    bn.check_sequence(x)  # type: ignore[attr-defined]
+    check_norm_sequence(norm, x)
     spikes, lif.carry = NormLIF.apply(x, norm.weight, norm.bias, lif.carry, norm, lif.dynamics())
     return mark_binary(spikes)
 
