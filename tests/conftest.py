@@ -6,18 +6,26 @@ import torch
 torch.set_num_threads(1)
 
 
+#: the size rules of ``leanspike.multistep`` that keep tiny nets off its special paths, and the
+#: values the tests run with (0: every rule passes)
+SIZE_RULES = ("ONE_STEP_MIN_VALUES", "KERNEL_MIN_CHANNELS", "SHALLOW_MIN_OUT")
+
+
 @pytest.fixture(autouse=True)
-def one_steps_layer_by_layer():
-    """Test nets are tiny, so the engine would run their one-step intervals step by step
-    (``multistep.ONE_STEP_MIN_VALUES``): take the layer-by-layer path for them too, so that the
-    tests prove it. ``test_multistep`` checks the rule itself at its real value. (Not through
-    ``monkeypatch``: tests call its ``undo``.)"""
+def real_size_rules():
+    """Test nets are tiny, so the engine would run their one-step intervals step by step and
+    their convolutions through oneDNN alone (``multistep``'s size rules): the tests lift those
+    rules so that they prove the layer-by-layer path and every kernel on tiny nets. Yields the
+    real values, for the tests of the rules themselves. (Not through ``monkeypatch``: tests
+    call its ``undo``.)"""
     from leanspike import multistep
 
-    real = multistep.ONE_STEP_MIN_VALUES
-    multistep.ONE_STEP_MIN_VALUES = 0
+    real = {name: getattr(multistep, name) for name in SIZE_RULES}
+    for name in SIZE_RULES:
+        setattr(multistep, name, 0)
     yield real
-    multistep.ONE_STEP_MIN_VALUES = real
+    for name, value in real.items():
+        setattr(multistep, name, value)
 
 
 @pytest.fixture

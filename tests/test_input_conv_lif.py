@@ -44,6 +44,13 @@ def _data(dtype, steps=T, carry=False):
     return x, c0, w, wc
 
 
+def _conv_kernel(unfolded: bool) -> None:
+    """The first conv as a product over the unfolded input, or oneDNN's plain conv (the kernel
+    for convs with few outputs, ``multistep.SHALLOW_MIN_OUT``; the conftest fixture restores it)."""
+    multistep.SHALLOW_MIN_OUT = 0 if unfolded else 10**6
+    assert multistep._unfolds(nn.Conv2d(C_IN, C, 3).weight) == unfolded
+
+
 def _trainable(seq, c0):
     return [p for p in seq.parameters()] + ([c0] if c0 is not None else [])
 
@@ -76,7 +83,9 @@ def _run(seq, x, c0, w, wc, how, monkeypatch=None):
 @pytest.mark.parametrize("routes", [True, False])
 @pytest.mark.parametrize("carry", [False, True])
 @pytest.mark.parametrize("detach_reset", [False, True])
-def test_float32_bit_for_bit_the_layers_apart(reset, routes, carry, detach_reset, monkeypatch):
+@pytest.mark.parametrize("unfolded", [True, False], ids=["unfolded-conv", "oneDNN-conv"])
+def test_float32_bit_for_bit_the_layers_apart(reset, routes, carry, detach_reset, unfolded, monkeypatch):
+    _conv_kernel(unfolded)
     results = []
     for how in ("fused", "apart"):
         seq = _layers(torch.float32, reset, routes, detach_reset)
@@ -90,7 +99,9 @@ def test_float32_bit_for_bit_the_layers_apart(reset, routes, carry, detach_reset
 
 @pytest.mark.parametrize("reset", ["soft", "hard"])
 @pytest.mark.parametrize("affine,bias", [(True, True), (False, False)])
-def test_float64_gradients_of_the_per_step_modules(reset, affine, bias, monkeypatch):
+@pytest.mark.parametrize("unfolded", [True, False], ids=["unfolded-conv", "oneDNN-conv"])
+def test_float64_gradients_of_the_per_step_modules(reset, affine, bias, unfolded, monkeypatch):
+    _conv_kernel(unfolded)
     results = []
     for how in ("fused", "modules"):
         seq = _layers(torch.float64, reset, affine=affine, bias=bias)

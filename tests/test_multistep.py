@@ -170,14 +170,15 @@ def test_which_models_run_layer_by_layer():
     assert not supports_sequence(nn.Sequential(nn.Linear(2, 2), nn.SyncBatchNorm(2), LIF()))
 
 
-def test_one_step_intervals_of_small_inputs_run_step_by_step(one_steps_layer_by_layer, monkeypatch):
+def test_one_step_intervals_of_small_inputs_run_step_by_step(real_size_rules, monkeypatch):
     """At the real ``ONE_STEP_MIN_VALUES``, SLTT's one-step intervals on a small input take the
     step-by-step path; intervals of two steps or more, and one-step ones on inputs as big as the
     threshold, run layer by layer."""
     from leanspike import multistep
 
-    monkeypatch.setattr(multistep, "ONE_STEP_MIN_VALUES", one_steps_layer_by_layer)
-    assert multistep.pays_off(2, 1) and not multistep.pays_off(1, one_steps_layer_by_layer - 1)
+    threshold = real_size_rules["ONE_STEP_MIN_VALUES"]
+    monkeypatch.setattr(multistep, "ONE_STEP_MIN_VALUES", threshold)
+    assert multistep.pays_off(2, 1) and not multistep.pays_off(1, threshold - 1)
     steps = []
     real = engine_module.run_sequence
 
@@ -198,6 +199,24 @@ def test_one_step_intervals_of_small_inputs_run_step_by_step(one_steps_layer_by_
     monkeypatch.setattr(multistep, "ONE_STEP_MIN_VALUES", 640)
     SLTT().compute_gradients(net, x, y)
     assert steps == [1, 1, 1, 1]
+
+
+def test_special_kernels_only_at_the_widths_they_pay_at(real_size_rules):
+    """At the real rules: the first conv is unfolded only with many outputs (VGG-11's 2 → 64, not
+    LeNet-1's 1 → 6); NNPACK and the shifted-window weight gradient only with ≥ 32 channels each
+    way (VGG-11's layers, not LeNet-1's or the digits CNN's); narrower convs keep oneDNN."""
+    from leanspike import multistep
+
+    for name, value in real_size_rules.items():
+        setattr(multistep, name, value)
+    assert multistep._unfolds(nn.Conv2d(2, 64, 3).weight) and not multistep._unfolds(nn.Conv2d(1, 6, 5).weight)
+    wide, narrow = nn.Conv2d(64, 64, 3).weight, nn.Conv2d(16, 32, 3).weight
+    assert multistep._winograd(torch.zeros(64, 64, 12, 12), wide, (1, 1), (1, 1)) == torch._nnpack_available()
+    assert not multistep._winograd(torch.zeros(64, 16, 12, 12), narrow, (1, 1), (1, 1))
+    assert multistep.weight_grad_kernel(torch.zeros(8, 64, 6, 6), torch.zeros(8, 64, 6, 6), wide, (1, 1),
+                                        (1, 1)) == "shifted"
+    assert multistep.weight_grad_kernel(torch.zeros(8, 32, 6, 6), torch.zeros(8, 16, 6, 6), narrow, (1, 1),
+                                        (1, 1)) == "oneDNN"
 
 
 def test_ottt_still_runs_step_by_step(float64):
@@ -300,11 +319,11 @@ def test_small_map_weight_gradient_is_the_conv_gradient(float64, size, stride, p
 def test_winograd_path_in_float32_agrees_with_the_reference_conv():
     """Big float32 stride-1 calls take NNPACK's Winograd kernels (when available): same gradients
     within float32 Winograd rounding, checked against a float64 reference."""
-    from leanspike.multistep import Conv2dSequence, _winograd
+    from leanspike.multistep import WINOGRAD_MIN_BATCH, Conv2dSequence, _winograd
 
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 8, 3, padding=1)
-    x = (torch.rand(32, 16, 12, 12) < 0.3).float().requires_grad_(True)
+    x = (torch.rand(WINOGRAD_MIN_BATCH, 16, 12, 12) < 0.3).float().requires_grad_(True)
     out = Conv2dSequence.apply(x, conv.weight, conv.bias, (1, 1), (1, 1))
     g = torch.randn_like(out)
     got = torch.autograd.grad(out, [x, conv.weight, conv.bias], g)

@@ -141,13 +141,14 @@ def _unfold(x: torch.Tensor, weight: torch.Tensor, conf: tuple) -> torch.Tensor:
 
 def _conv_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conf: tuple,
                cols: torch.Tensor | None = None) -> torch.Tensor:
-    """The conv of one step ``x`` ``[B, C, H, W]`` with few input channels, as one matrix product
-    over the unfolded input (oneDNN pads few input channels to a whole block in the default
-    layout, so 2 channels cost like 16, and its channels-last result needs a copy back: both
-    cost more than the product, which writes the output in place). Grouped convs keep oneDNN,
-    channels-last. ``cols``: ``x`` already unfolded. Off the CPU (cuDNN), the plain conv: unfold
-    there launches one kernel per sample."""
-    if x.device.type != "cpu":
+    """The conv of one step ``x`` ``[B, C, H, W]``; with few input channels and many outputs
+    (:func:`_unfolds`), as one matrix product over the unfolded input (oneDNN pads few input
+    channels to a whole block in the default layout, so 2 channels cost like 16, and its
+    channels-last result needs a copy back: both cost more than the product, which writes the
+    output in place). Grouped convs keep oneDNN, channels-last; others the plain conv.
+    ``cols``: ``x`` already unfolded. Off the CPU (cuDNN), the plain conv: unfold there
+    launches one kernel per sample."""
+    if x.device.type != "cpu" or (conf[3] == 1 and not _unfolds(weight)):
         return F.conv2d(x, weight, bias, *conf)
     if conf[3] != 1:
         cl = torch.channels_last
@@ -171,8 +172,9 @@ def _conv_step_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
                         mask: list[bool], cols: torch.Tensor | None = None) -> tuple:
     """``(dx, dW, db)`` of :func:`_conv_step` for the outputs ``mask`` asks for."""
     stride, padding, dilation, groups = conf
-    if groups != 1 or x.device.type != "cpu":  # as the forward ran: oneDNN channels-last, or cuDNN as given
-        if x.device.type == "cpu":
+    if groups != 1 or x.device.type != "cpu" or not _unfolds(weight):  # as the forward ran: oneDNN
+        # channels-last (grouped), or the plain kernel (oneDNN, cuDNN) as given
+        if groups != 1 and x.device.type == "cpu":
             grad, x, weight = (t.contiguous(memory_format=torch.channels_last) for t in (grad, x, weight))
         return torch.ops.aten.convolution_backward(
             grad, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), list(dilation),
@@ -201,7 +203,7 @@ def _conv_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     rows = mean.new_empty((2, x.shape[0], mean.shape[1]))
     grads = [None, None]
     for t in range(x.shape[0]):
-        cols = _unfold(x[t], weight, conf) if conf[3] == 1 and x.device.type == "cpu" else None
+        cols = _unfold(x[t], weight, conf) if conf[3] == 1 and x.device.type == "cpu" and _unfolds(weight) else None
         z = _conv_step(x[t], weight, bias, conf, cols)
         gz, gw, gb = torch.ops.aten.native_batch_norm_backward(
             grad[t], z, bn_weight, None, None, mean[t], invstd[t], True, eps, mask)
@@ -362,15 +364,29 @@ WINOGRAD_MIN_PIXELS = 36
 #: steps) ran slower through NNPACK's thread pool, and so did calls of 16 and 24 inside whole
 #: iterations (interleaved, VGG-11 at batch 8: BPTT at T = 2 0.393 → 0.349 s and SLTT with 2
 #: steps per backward 1.19 → 1.02 s when 16-sample calls left NNPACK; 3 steps 0.99 → 0.89 s when
-#: 24-sample ones did; at 32 samples, BPTT at T = 4, a tie)
-WINOGRAD_MIN_BATCH = 32
+#: 24-sample ones did; at 32 samples, BPTT at T = 4, a tie: 495 against 502 ms with 48 as the
+#: limit; and at 32 samples AlexNet's 256-512-channel convs on 8×8 and 4×4 maps, SLTT at batch
+#: 32, ran slower through it: 3.0 s per T = 6 iteration against 2.0 s with this and
+#: :data:`DW_CONV_MIN_BATCH` at 48, 2.3 s step by step)
+WINOGRAD_MIN_BATCH = 48
+#: ... and for convolutions with at least this many input and output channels: on few channels
+#: NNPACK's transforms outweigh the saved products (LeNet-1's 6 → 16 and 16 → 120, 5×5, at 768
+#: samples; with NNPACK and the two picks below limited to VGG-like widths, a LeNet-1 BPTT
+#: iteration at batch 128, T = 6, went from 1.4× to 0.85× the step-by-step path's time)
+KERNEL_MIN_CHANNELS = 32
+
+
+def _wide(weight: torch.Tensor) -> bool:
+    """At least :data:`KERNEL_MIN_CHANNELS` input and output channels: the widths (VGG-11's, 64 to
+    512) at which the special kernels here were measured to pay."""
+    return min(weight.shape[0], weight.shape[1]) >= KERNEL_MIN_CHANNELS
 
 
 def _winograd(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> bool:
     """Whether NNPACK should run ``x`` (``[N, C, H, W]``) through ``weight`` (same-size output)."""
     k = weight.shape[2:]
     out = [x.shape[2 + i] + 2 * padding[i] - k[i] + 1 for i in range(2)]
-    return (_NNPACK and stride == (1, 1) and x.dtype == torch.float32 and max(k) < 17
+    return (_NNPACK and stride == (1, 1) and x.dtype == torch.float32 and max(k) < 17 and _wide(weight)
             and all(p <= kk - 1 for p, kk in zip(padding, k)) and out[0] * out[1] >= WINOGRAD_MIN_PIXELS
             and x.shape[0] >= WINOGRAD_MIN_BATCH and x.shape[0] * out[0] * out[1] >= WINOGRAD_MIN_ROWS)
 
@@ -381,6 +397,16 @@ _NNPACK = torch._nnpack_available()
 #: on 2-channel events, batch 8: 1.0 ms against 5.5 ms for oneDNN and 6.6 ms for oneDNN channels-last
 #: with the copy back (bench/conv_kernels.py)
 SHALLOW_DEPTH = 64
+#: ... when the conv has at least this many output channels, which share the unfolded input:
+#: with few, oneDNN's padding wastes little and unfolding costs more (forward, 2 threads: 2 → 64,
+#: 3×3 on 48×48, 1.5 against 5.0 ms at 8 samples and 393 against 496 at 768; but 1 → 6, 5×5 on
+#: 28×28, 45.7 against 4.4 ms at 768 and 2 → 16, 3×3 on 48×48, 1.4 against 0.3 ms at 8)
+SHALLOW_MIN_OUT = 32
+
+
+def _unfolds(weight: torch.Tensor) -> bool:
+    """Whether a CPU convolution with ``weight`` runs as a product over its unfolded input."""
+    return weight[0].numel() < SHALLOW_DEPTH and weight.shape[0] >= SHALLOW_MIN_OUT
 
 
 #: output pixels per sample up to which a weight gradient runs as kh·kw matrix products over
@@ -485,8 +511,9 @@ class WeightGradSums:
 
 #: samples from which a weight gradient runs as an NNPACK convolution (:func:`_weight_grad_as_conv`);
 #: with fewer, oneDNN's kernel is faster (a batch of 8: 6-13 ms against 20-37 ms on VGG-11's 12×12
-#: and 6×6 stages, 2 threads; at 48 samples NNPACK takes 0.6-1.0× oneDNN's time: bench/conv_kernels.py)
-DW_CONV_MIN_BATCH = 32
+#: and 6×6 stages, 2 threads; at 48 samples NNPACK takes 0.6-1.0× oneDNN's time: bench/conv_kernels.py;
+#: at 32, with AlexNet's shapes, slower: see :data:`WINOGRAD_MIN_BATCH`)
+DW_CONV_MIN_BATCH = 48
 #: output map sides for which it applies: NNPACK takes kernels of up to 16×16, and on maps under
 #: 6×6 it ran slower than oneDNN. (Larger maps cut into tiles gained little, 0.88× on 24×24, and
 #: their tile copies and NNPACK's transformed kernels raised the peak memory by ~100 MiB.)
@@ -528,7 +555,7 @@ def weight_grad_kernel(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
         return "winograd"
     if _dw_as_conv(grad, x, stride):
         return "nnpack"
-    return "shifted" if grad.shape[2] * grad.shape[3] <= SMALL_MAP_PIXELS else "oneDNN"
+    return "shifted" if grad.shape[2] * grad.shape[3] <= SMALL_MAP_PIXELS and _wide(weight) else "oneDNN"
 
 
 class Conv2dSequence(torch.autograd.Function):
@@ -543,7 +570,7 @@ class Conv2dSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride: tuple, padding: tuple):  # type: ignore[override]
         ctx.kernels = None
-        if weight[0].numel() < SHALLOW_DEPTH:  # few input channels (the first layer): unfold + matmul
+        if _unfolds(weight):  # few input channels (the first layer), many outputs: unfold + matmul
             out = _conv_step(x, weight, bias, (stride, padding, (1, 1), 1))
         elif _winograd(x, weight, stride, padding):
             out = torch.ops.aten._nnpack_spatial_convolution(x, weight, bias, list(padding), list(stride))
@@ -569,7 +596,7 @@ class Conv2dSequence(torch.autograd.Function):
         need = ctx.needs_input_grad
         grad = grad.contiguous()
         grad_x = grad_w = grad_b = None
-        if weight[0].numel() < SHALLOW_DEPTH:  # as the forward ran it
+        if _unfolds(weight):  # as the forward ran it
             return (*_conv_step_backward(grad, x, weight, ctx.has_bias, (stride, padding, (1, 1), 1), list(need[:3])),
                     None, None)
         if need[0] and ctx.kernels is not None:
