@@ -168,6 +168,13 @@ def test_which_models_run_layer_by_layer():
 
     assert not supports_sequence(nn.Sequential(nn.Conv2d(2, 2, 1), DoubledNorm(2), LIF()))
     assert not supports_sequence(nn.Sequential(nn.Linear(2, 2), nn.SyncBatchNorm(2), LIF()))
+    from leanspike import multistep
+
+    multistep.ENABLED = False  # the switch that sends every model step by step
+    try:
+        assert not supports_sequence(net) and not supports_sequence(None)
+    finally:
+        multistep.ENABLED = True
 
 
 def test_one_step_intervals_of_small_inputs_run_step_by_step(real_size_rules, monkeypatch):

@@ -72,6 +72,25 @@ def test_predictions_are_exact_where_intervals_of_one_step_and_carried_ones_diff
         assert abs(predicted - got) / got < 0.01, (setting.label(), predicted, got)
 
 
+def test_calibration_takes_the_paths_of_the_batch_it_predicts_for():
+    """A one-step interval on a small input runs step by step (``multistep.ONE_STEP_MIN_VALUES``,
+    here 1000 values): calibrated at batches 1 and 2 (144 and 288 values per step), the planner
+    must measure on the path a batch of 8 (1152 values: layer by layer) or 4 (576: step by step)
+    will take, or its one-step predictions (SLTT's) are those of the other path."""
+    from leanspike import multistep
+
+    multistep.ONE_STEP_MIN_VALUES = 1000  # the conftest fixture restores it
+    model = layer_by_layer_cnn()
+    for B in (8, 4):
+        memory = calibrate(model, (1, 12, 12), 5, paths_of_batch=B)
+        got = measured(model, SLTT(), 5, B)
+        assert abs(memory.saved_bytes(Setting("sltt"), 5, B) - got) / got < 0.01, B
+    natural = calibrate(model, (1, 12, 12), 5)  # batches 1 and 2: step by step
+    got = measured(model, SLTT(), 5, 8)
+    assert abs(natural.saved_bytes(Setting("sltt"), 5, 8) - got) / got > 0.05
+    assert multistep.ONE_STEP_MIN_VALUES == 1000
+
+
 def test_plan_orders_by_expected_accuracy_cost_and_marks_what_fits():
     model = small_cnn()
     rows, memory = plan(model, (1, 12, 12), 5, T=8, batch=32, budget=2**40)

@@ -27,7 +27,10 @@ whose children are all of the known kinds, without hooks or patched ``forward``
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from functools import partial
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +54,8 @@ _PURE = (nn.Identity, nn.Flatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.M
          nn.MaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
          nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 
+#: False: the engine runs every interval step by step (to compare the two paths, or to debug)
+ENABLED = True
 #: the most steps a run without a graph batches at once (bounds its temporary memory)
 NO_GRAD_CHUNK = 8
 #: samples (steps × batch) one layer call takes at most: beyond it kernels gain little while
@@ -73,6 +78,20 @@ def pays_off(steps: int, step_values: int) -> bool:
     """Whether an interval of ``steps`` whose input has ``step_values`` values per step should
     run layer by layer (when the model supports it): always over two steps or more."""
     return steps > 1 or step_values >= ONE_STEP_MIN_VALUES
+
+
+@contextlib.contextmanager
+def one_step_path(layered: bool) -> Iterator[None]:
+    """While active, one-step intervals run layer by layer (``layered``) or step by step whatever
+    their input's size: the memory planner measures at batches of 1 and 2 what a run at a
+    bigger batch will keep, so it must take that run's path."""
+    global ONE_STEP_MIN_VALUES
+    old = ONE_STEP_MIN_VALUES
+    ONE_STEP_MIN_VALUES = 0 if layered else sys.maxsize
+    try:
+        yield
+    finally:
+        ONE_STEP_MIN_VALUES = old
 
 
 def chunk_steps(steps: int, batch: int) -> int:
@@ -128,8 +147,8 @@ def supports_sequence(module: nn.Module | None) -> bool:
     under autocast: the functions here save and recompute tensors for backward, which runs
     outside autocast, in the forward's dtypes; the step-by-step path is plain PyTorch there."""
     if module is None:
-        return True
-    return isinstance(module, nn.Sequential) and _plain(module) and not _global_hooks() \
+        return ENABLED
+    return ENABLED and isinstance(module, nn.Sequential) and _plain(module) and not _global_hooks() \
         and not _autocast() and _supported_sequential(module)
 
 

@@ -36,6 +36,7 @@ from .costs import ModelProfile, profile_model
 from .errors import UserError
 from .measure import SavedTensorMeter
 from .methods import BPTT, SLTT, SLTTK, TBPTT, Method, TruncatedLocalBPTT
+from .multistep import one_step_path, pays_off
 
 METHODS = ("bptt", "tbptt", "sltt", "sltt-k", "local")
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
@@ -291,10 +292,18 @@ def fit_memory_model(points: Sequence[tuple[int, int, float]], profile: ModelPro
 
 def calibrate(model: nn.Module, input_shape: Sequence[int], num_classes: int, steps: Sequence[int] = (1, 2, 3),
               batches: Sequence[int] = (1, 2), profile: ModelProfile | None = None,
-              local_ns: Sequence[int] = ()) -> MemoryModel:
+              local_ns: Sequence[int] = (), paths_of_batch: int | None = None) -> MemoryModel:
     """Measure BPTT's saved bytes at each (T, batch), and the local method's (k = T) for each
     block size in ``local_ns`` below the depth; with 2 among ``steps``, also both over two
-    intervals of 2 steps (T = 4: the second starts from a carry); fit a :class:`MemoryModel`."""
+    intervals of 2 steps (T = 4: the second starts from a carry); fit a :class:`MemoryModel`.
+
+    ``paths_of_batch``: measure on the engine paths a run at that batch takes (one-step
+    intervals of small inputs run step by step, :func:`~leanspike.multistep.pays_off`, and keep
+    more); default: the calibration batches' own paths."""
+    if paths_of_batch is not None:
+        layered = pays_off(1, paths_of_batch * math.prod(input_shape))
+        with one_step_path(layered):
+            return calibrate(model, input_shape, num_classes, steps, batches, profile, local_ns)
     profile = profile or profile_model(model, input_shape, num_classes)
     points: list[tuple[int, int, float]] = []
     carried: list[tuple[int, int, float]] = []
@@ -381,9 +390,10 @@ def plan(model: nn.Module, input_shape: Sequence[int], num_classes: int, T: int,
     if memory is None:
         ns = sorted({int(s.n) for s in chosen if s.method == "local"})  # type: ignore[arg-type]
         try:
-            memory = calibrate(model, input_shape, num_classes, profile=profile, local_ns=ns)
+            memory = calibrate(model, input_shape, num_classes, profile=profile, local_ns=ns, paths_of_batch=batch)
         except ValueError:  # e.g. BatchNorm1d cannot train on a batch of one
-            memory = calibrate(model, input_shape, num_classes, batches=(2, 4), profile=profile, local_ns=ns)
+            memory = calibrate(model, input_shape, num_classes, batches=(2, 4), profile=profile, local_ns=ns,
+                               paths_of_batch=batch)
     size = profile.itemsize
     slots = 2 + OPTIMIZER_SLOTS[optimizer]  # the weight, its gradient, optimizer state
     input_bytes = T * batch * math.prod(input_shape) * size

@@ -1,0 +1,94 @@
+"""The engine's two paths side by side: every interval layer by layer (the default where the
+model allows it) against step by step, per model, batch and method.
+
+    python bench/engine_paths.py                                 # VGG-11, AlexNet, LeNet-1, spiking CNN
+    python bench/engine_paths.py --models lenet1:128 alexnet:32 --methods bptt,sltt --rounds 12
+
+Each model gets its reference input (binary frames, 30% ones, ``models.registry.REFERENCE``) and
+trains in one process with the two paths interleaved round by round (the order alternating), so
+that the machine's drift hits both alike; the median of each path's rounds after the first two
+is kept. Prints a table and writes bench/results/engine_paths.json. The layer-by-layer path
+also keeps less for backward; `bench/memory_vs_T.py` measures that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from leanspike import BPTT, SLTT, SLTTK, multistep
+from leanspike.experiments.logs import write_json
+from leanspike.models.registry import REFERENCE, build_model
+
+METHODS = {"bptt": BPTT, "sltt": SLTT, "sltt-k1": lambda: SLTTK(1, generator=torch.Generator().manual_seed(0))}
+DEFAULT_MODELS = ["vgg11:8", "alexnet:32", "lenet1:128", "spiking_cnn:128"]
+
+
+def measure(name: str, batch: int, T: int, methods: list[str], rounds: int) -> list[dict]:
+    ref = REFERENCE[name]
+    size = ref.input_size if isinstance(ref.input_size, int) else ref.input_size[0]
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=ref.in_channels, num_classes=ref.num_classes, input_size=size)
+    x = (torch.rand(T, batch, ref.in_channels, size, size) < 0.3).float()
+    y = torch.randint(0, ref.num_classes, (batch,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    rows = []
+    for method_name in methods:
+        method = METHODS[method_name]()
+        times: dict[bool, list[float]] = {True: [], False: []}
+        try:
+            for r in range(rounds):
+                for layered in ((True, False) if r % 2 else (False, True)):
+                    multistep.ENABLED = layered
+                    t0 = time.perf_counter()
+                    method.train_step(model, x, y, optimizer)
+                    times[layered].append(time.perf_counter() - t0)
+        finally:
+            multistep.ENABLED = True
+        step, layer = (statistics.median(times[k][2:]) for k in (False, True))
+        rows.append(dict(model=name, batch=batch, T=T, method=method_name, step_by_step_s=step,
+                         layer_by_layer_s=layer, ratio=layer / step, rounds=rounds))
+        print(f"{name:12s} {batch:5d} {T:3d} {method_name:8s} {step * 1e3:10.1f} {layer * 1e3:10.1f} "
+              f"{layer / step:7.3f}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="name:batch (names from the registry)")
+    p.add_argument("--methods", default="bptt,sltt,sltt-k1")
+    p.add_argument("--T", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "engine_paths.json"))
+    args = p.parse_args(argv)
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    specs = []
+    for spec in args.models:
+        name, _, batch = spec.partition(":")
+        if name not in REFERENCE or not batch.isdigit() or int(batch) < 2:
+            p.error(f"--models: {spec!r} is not name:batch with a registry model and a batch of 2 or more")
+        specs.append((name, int(batch)))
+    if unknown:
+        p.error(f"--methods: unknown {unknown}, expected some of {sorted(METHODS)}")
+    if args.rounds < 3:
+        p.error(f"--rounds must be at least 3 (the first two are warm-up), got {args.rounds}")
+    torch.set_num_threads(args.threads)
+    print(f"{'model':12s} {'batch':>5s} {'T':>3s} {'method':8s} {'step ms':>10s} {'layer ms':>10s} {'ratio':>7s}")
+    rows = [row for name, batch in specs for row in measure(name, batch, args.T, methods, args.rounds)]
+    write_json(Path(args.out), dict(command="python " + " ".join(["bench/engine_paths.py", *sys.argv[1:]]),
+                                    threads=args.threads, torch=torch.__version__, machine=platform.machine(),
+                                    python=platform.python_version(), rows=rows))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
