@@ -7,7 +7,8 @@ one starts. The results are the same (up to float rounding); the work is batched
 what is saved for backward shrinks:
 
 - convolutions, linear layers, pooling and flattening see ``t·B`` samples in one call;
-- a per-step batch norm normalises each step with that step's statistics in one pass
+- a per-step batch norm (``StepBatchNorm2d``, or PyTorch's own ``BatchNorm2d``, which a model
+  calls once per step) normalises each step with that step's statistics in one pass
   and saves only its input (:class:`~leanspike.layers.StepNorm`);
 - an LIF runs its time loop inside one autograd function that saves ``u`` only
   (:class:`~leanspike.neuron.LIFSequence`); after a per-step batch norm, the pair keeps
@@ -23,6 +24,10 @@ what is saved for backward shrinks:
 :func:`supports_sequence` says whether a module can run this way: an ``nn.Sequential``
 whose children are all of the known kinds, without hooks or patched ``forward``
 (e.g. OTTT's traced layers); anything else keeps the step-by-step path.
+
+The engine takes this path for intervals of two steps or more, and for one-step intervals
+(SLTT's) on inputs big enough to pay for it (:func:`pays_off`); the kernels each convolution
+pass takes depend on its size and width (the constants below say where each was measured).
 """
 
 from __future__ import annotations
