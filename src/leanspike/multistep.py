@@ -172,12 +172,12 @@ def _conv_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     output in place). Grouped convs keep oneDNN, channels-last; others the plain conv.
     ``cols``: ``x`` already unfolded. Off the CPU (cuDNN), the plain conv: unfold there
     launches one kernel per sample."""
-    if x.device.type != "cpu" or (conf[3] == 1 and not _unfolds(weight)):
-        return F.conv2d(x, weight, bias, *conf)
-    if conf[3] != 1:
+    if conf[3] != 1 and x.device.type == "cpu":
         cl = torch.channels_last
         z = F.conv2d(x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl), bias, *conf)
         return z.contiguous()
+    if not _takes_unfold(x, weight, conf):
+        return F.conv2d(x, weight, bias, *conf)
     cols = _unfold(x, weight, conf) if cols is None else cols  # [B, C·kh·kw, L]
     w = weight.reshape(weight.shape[0], -1)
     out = torch.bmm(w.expand(cols.shape[0], *w.shape), cols)  # [B, O, L], written in place (matmul transposes)
@@ -196,8 +196,8 @@ def _conv_step_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
                         mask: list[bool], cols: torch.Tensor | None = None) -> tuple:
     """``(dx, dW, db)`` of :func:`_conv_step` for the outputs ``mask`` asks for."""
     stride, padding, dilation, groups = conf
-    if groups != 1 or x.device.type != "cpu" or not _unfolds(weight):  # as the forward ran: oneDNN
-        # channels-last (grouped), or the plain kernel (oneDNN, cuDNN) as given
+    if not _takes_unfold(x, weight, conf):  # as the forward ran: oneDNN channels-last (grouped),
+        # or the plain kernel (oneDNN, cuDNN) as given
         if groups != 1 and x.device.type == "cpu":
             grad, x, weight = (t.contiguous(memory_format=torch.channels_last) for t in (grad, x, weight))
         return torch.ops.aten.convolution_backward(
@@ -227,7 +227,7 @@ def _conv_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     rows = mean.new_empty((2, x.shape[0], mean.shape[1]))
     grads = [None, None]
     for t in range(x.shape[0]):
-        cols = _unfold(x[t], weight, conf) if conf[3] == 1 and x.device.type == "cpu" and _unfolds(weight) else None
+        cols = _unfold(x[t], weight, conf) if _takes_unfold(x, weight, conf) else None
         z = _conv_step(x[t], weight, bias, conf, cols)
         gz, gw, gb = torch.ops.aten.native_batch_norm_backward(
             grad[t], z, bn_weight, None, None, mean[t], invstd[t], True, eps, mask)
@@ -396,7 +396,7 @@ WINOGRAD_MIN_BATCH = 48
 #: ... and for convolutions with at least this many input and output channels: on few channels
 #: NNPACK's transforms outweigh the saved products (LeNet-1's 6 → 16 and 16 → 120, 5×5, at 768
 #: samples; with NNPACK and the two picks below limited to VGG-like widths, a LeNet-1 BPTT
-#: iteration at batch 128, T = 6, went from 1.4× to 0.85× the step-by-step path's time)
+#: iteration at batch 128, T = 6, went from 1.4× to 0.84–0.90× the step-by-step path's time)
 KERNEL_MIN_CHANNELS = 32
 
 
@@ -431,6 +431,12 @@ SHALLOW_MIN_OUT = 32
 def _unfolds(weight: torch.Tensor) -> bool:
     """Whether a CPU convolution with ``weight`` runs as a product over its unfolded input."""
     return weight[0].numel() < SHALLOW_DEPTH and weight.shape[0] >= SHALLOW_MIN_OUT
+
+
+def _takes_unfold(x: torch.Tensor, weight: torch.Tensor, conf: tuple) -> bool:
+    """Whether :func:`_conv_step` runs ``x`` through ``weight`` (``conf``: stride, padding, dilation,
+    groups) as that product: on the CPU, ungrouped, where :func:`_unfolds` says it pays."""
+    return x.device.type == "cpu" and conf[3] == 1 and _unfolds(weight)
 
 
 #: output pixels per sample up to which a weight gradient runs as kh·kw matrix products over
