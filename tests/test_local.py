@@ -406,3 +406,22 @@ def test_classifiers_built_from_probe_without_side_effects(float64):
     assert nonzero_count(grads) >= 6
     with pytest.raises(ValueError, match="one method instance per model"):
         method.engine(make_mlp(), data()[0])
+
+
+def test_blocks_with_batch_statistics_only(float64):
+    """A norm without running statistics normalises with the batch's even in eval mode, so the
+    shape probe must see more than one sample (it saw one and raised on a legal model)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6, track_running_stats=False), lif(), nn.Linear(6, 5), lif(),
+                        nn.Linear(5, 3), lif()).double()
+    with torch.no_grad():
+        net[1].weight.fill_(2.0)
+        net[1].bias.fill_(0.5)
+        for m in (net[3], net[5]):
+            m.weight.mul_(3.0)
+            m.bias.add_(0.3)
+    x, y = data(T=4, B=5)
+    assert_same(TruncatedLocalBPTT(4, 2).compute_gradients(net, x, y), BPTT(RateMSE()).compute_gradients(net, x, y))
+    method = TruncatedLocalBPTT(2, 1)
+    assert nonzero_count(method.compute_gradients(net, x, y)) >= 6
+    assert [h[1].in_features for h in method.heads] == [6]

@@ -157,6 +157,15 @@ def test_which_models_run_layer_by_layer():
     assert not supports_sequence(nn.Sequential(nn.Linear(2, 2), Residual()))
     shared = LIF()
     assert not supports_sequence(nn.Sequential(shared, nn.Linear(2, 2), shared))
+    # ... also when the second use is inside a nested Sequential (a norm or neuron shared across
+    # levels would see its steps in another order layer by layer), or in another block of the engine
+    norm = nn.BatchNorm2d(2)
+    assert not supports_sequence(nn.Sequential(nn.Conv2d(2, 2, 1), norm, LIF(),
+                                               nn.Sequential(nn.Conv2d(2, 2, 1), norm, LIF())))
+    first, second = nn.Sequential(nn.Linear(2, 2), shared), nn.Sequential(nn.Linear(2, 2), shared)
+    assert supports_sequence(first) and supports_sequence(second)
+    assert not Engine([first, second], [None, None]).supports_sequence()
+    assert Engine([first, nn.Sequential(nn.Linear(2, 2), LIF())], [None, None]).supports_sequence()
     assert not supports_sequence(nn.Sequential(nn.Flatten(0), nn.Linear(2, 2)))
     # PyTorch's own batch norms are per-step norms here; a subclass or SyncBatchNorm is not
     assert supports_sequence(make_net(norm=nn.BatchNorm2d))
@@ -461,3 +470,80 @@ def test_under_autocast_the_engine_runs_step_by_step(method, monkeypatch):
     assert supports_sequence(net)  # outside autocast, layer by layer again
     assert all(torch.isfinite(g).all() for g in grads.values())
     assert any(g.abs().max() > 0 for g in grads.values())
+
+
+def _both_paths(net_factory, x, y, factory, monkeypatch):
+    """Gradients and norm buffers of one method on the two paths (fresh equal nets, same draws)."""
+    out = []
+    for sequence in (True, False):
+        net = net_factory()
+        if not sequence:
+            monkeypatch.setattr(Engine, "supports_sequence", lambda self: False)
+        torch.manual_seed(7)
+        grads = factory().compute_gradients(net, x, y)
+        monkeypatch.undo()
+        buffers = [b.detach().clone() for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                   for b in m.buffers()]
+        out.append((grads, buffers))
+    return out
+
+
+def _layout_nets():
+    lif = lambda: LIF(decay=0.5, surrogate=Sigmoid(4.0))  # noqa: E731
+    head = lambda features: (nn.Flatten(), nn.Linear(features, 3))  # noqa: E731
+    return {
+        # a channels-last input keeps the conv output channels-last
+        "conv-bn": lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), lif(),
+                                         nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), lif(), *head(4 * 64)),
+        # a norm on the input itself sees the input's own layout
+        "bn-first": lambda: nn.Sequential(nn.BatchNorm2d(2), lif(), nn.Conv2d(2, 4, 3, padding=1),
+                                          nn.BatchNorm2d(4), lif(), *head(4 * 64)),
+        # an upsampling adaptive pooling gives a view whose cells repeat (stride 0)
+        "upsample-bn": lambda: nn.Sequential(nn.Conv2d(2, 4, 8), nn.AdaptiveAvgPool2d(2), nn.BatchNorm2d(4), lif(),
+                                             *head(4 * 4)),
+    }
+
+
+@pytest.mark.parametrize("layout", ["channels-last", "batch-first", "contiguous"])
+@pytest.mark.parametrize("net_name", ["conv-bn", "bn-first", "upsample-bn"])
+@pytest.mark.parametrize("factory", [BPTT, SLTT], ids=["bptt", "sltt"])
+def test_norms_on_inputs_of_any_memory_layout(float64, layout, net_name, factory, monkeypatch, real_size_rules):
+    """The per-step norms get the same values whatever the memory layout of what reaches them:
+    PyTorch's CPU ``native_batch_norm.out`` misreads non-contiguous inputs (and leaves its
+    statistics unwritten), so they are made contiguous first. (The first conv through oneDNN,
+    as at its real size rule: it keeps a channels-last input's layout.)"""
+    from leanspike import multistep
+
+    multistep.SHALLOW_MIN_OUT = real_size_rules["SHALLOW_MIN_OUT"]
+    x, y = data(T=3, B=4)
+    if layout == "channels-last":
+        x = torch.stack([step.contiguous(memory_format=torch.channels_last) for step in x])  # C innermost
+    elif layout == "batch-first":
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)  # a [B, T, ...] batch seen time first
+    nets = _layout_nets()
+    net_factory = lambda: (torch.manual_seed(0), nets[net_name]().double())[1]  # noqa: E731
+    (g_seq, b_seq), (g_step, b_step) = _both_paths(net_factory, x, y, factory, monkeypatch)
+    assert sum(int(g.abs().sum() > 0) for g in g_seq.values()) == len(g_seq)
+    for name in g_seq:
+        torch.testing.assert_close(g_seq[name], g_step[name], **TOL, msg=lambda m: f"{name}: {m}")
+    for a, b in zip(b_seq, b_step, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_a_norm_shared_across_nesting_levels_keeps_its_step_order(float64, monkeypatch):
+    """One BatchNorm2d used at two depths: the engine must run it step by step (it did run layer
+    by layer, and the norm's running statistics came out in another order)."""
+    def net_factory():
+        torch.manual_seed(0)
+        norm = nn.BatchNorm2d(4)
+        lif = lambda: LIF(decay=0.5, surrogate=Sigmoid(4.0))  # noqa: E731
+        return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), norm, lif(),
+                             nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), norm, lif()),
+                             nn.Flatten(), nn.Linear(4 * 64, 3)).double()
+
+    x, y = data(T=3, B=4)
+    (g_seq, b_seq), (g_step, b_step) = _both_paths(net_factory, x, y, BPTT, monkeypatch)
+    for name in g_seq:
+        torch.testing.assert_close(g_seq[name], g_step[name], **TOL)
+    for a, b in zip(b_seq, b_step, strict=True):
+        torch.testing.assert_close(a, b, **TOL)

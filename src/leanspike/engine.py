@@ -31,7 +31,8 @@ from torch import nn
 
 from .compact import CompactSaved, mark_derived
 from .losses import WindowLoss
-from .multistep import NO_GRAD_CHUNK, WeightGradSums, chunk_steps, pays_off, run_sequence, supports_sequence
+from .multistep import (NO_GRAD_CHUNK, WeightGradSums, chunk_steps, each_module_once, pays_off, run_sequence,
+                        supports_sequence)
 from .state import detach_states, keep_temporal_routes, reset_states
 from .winograd import KernelCache
 
@@ -127,8 +128,9 @@ class Engine:
         return [m for m in (*self.blocks, *self.heads) if m is not None]
 
     def supports_sequence(self) -> bool:
-        """True when every block and head can run layer by layer over several steps."""
-        return all(supports_sequence(m) for m in (*self.blocks, *self.heads))
+        """True when every block and head can run layer by layer over several steps (and no
+        module is shared between them)."""
+        return all(supports_sequence(m) for m in (*self.blocks, *self.heads)) and each_module_once(*self.modules())
 
     @staticmethod
     def _parts(inputs: torch.Tensor, sequence: bool) -> list[torch.Tensor]:

@@ -51,8 +51,10 @@ def step_norm_forward(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm,
             bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]
             factor = 1.0 / float(bn.num_batches_tracked)  # type: ignore[arg-type]
         running = (bn.running_mean, bn.running_var) if track else (None, None)
-        torch.ops.aten.native_batch_norm.out(x[t] if step is None else step(t), bn.weight, bn.bias, *running, True,
-                                            factor, bn.eps, out=out[t], save_mean=stats[0, t],
+        # contiguous: on the CPU the ``.out`` kernel misreads other layouts (channels-last,
+        # transposed, stride-0 views) and then leaves the statistics unwritten
+        torch.ops.aten.native_batch_norm.out((x[t] if step is None else step(t)).contiguous(), bn.weight, bn.bias,
+                                            *running, True, factor, bn.eps, out=out[t], save_mean=stats[0, t],
                                             save_invstd=stats[1, t])
     return out, stats[0], stats[1]
 

@@ -138,9 +138,14 @@ def _supported_child(m: nn.Module) -> bool:
 
 def _supported_sequential(seq: nn.Sequential) -> bool:
     children = list(seq._modules.values())
-    if any(c is None for c in children) or len({id(c) for c in children}) != len(children):
-        return False  # a module used twice would see its steps out of order
-    return all(_supported_child(c) for c in children)
+    return all(c is not None and _supported_child(c) for c in children)
+
+
+def each_module_once(*trees: nn.Module) -> bool:
+    """No module appears twice anywhere in ``trees``: layer by layer, a module used twice
+    (a norm or a neuron shared by two places) would see its steps in another order."""
+    ids = [id(m) for tree in trees for _, m in tree.named_modules(remove_duplicate=False)]
+    return len(set(ids)) == len(ids)
 
 
 def _autocast() -> bool:
@@ -154,7 +159,7 @@ def supports_sequence(module: nn.Module | None) -> bool:
     if module is None:
         return ENABLED
     return ENABLED and isinstance(module, nn.Sequential) and _plain(module) and not _global_hooks() \
-        and not _autocast() and _supported_sequential(module)
+        and not _autocast() and _supported_sequential(module) and each_module_once(module)
 
 
 # ------------------------------------------------------------------------------ input conv + BN
@@ -304,9 +309,9 @@ class InputConvNormLIF(torch.autograd.Function):
         y = x.new_empty((x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, ctx.conf)))
         step_stats = mean.new_empty((2, mean.shape[1]))  # the same statistics again; the saved ones are used
         for t in range(x.shape[0]):
-            torch.ops.aten.native_batch_norm.out(_conv_step(x[t], weight, bias, ctx.conf), bn_weight, bn_bias, None,
-                                                None, True, 0.0, ctx.eps, out=y[t], save_mean=step_stats[0],
-                                                save_invstd=step_stats[1])
+            torch.ops.aten.native_batch_norm.out(_conv_step(x[t], weight, bias, ctx.conf).contiguous(), bn_weight,
+                                                bn_bias, None, None, True, 0.0, ctx.eps, out=y[t],
+                                                save_mean=step_stats[0], save_invstd=step_stats[1])
         # the forward's u, bit for bit, written over y step by step; then dL/du (= dL/dy, as
         # u = carry + y) over u: one buffer of T steps besides the incoming gradient
         lif_forward(y, carry, dyn, y, torch.empty_like(y[0]).expand_as(y))

@@ -35,10 +35,11 @@ CLASSIFIERS = ("trainable", "random")
 def _probe_shapes(blocks: list[nn.Sequential], model: nn.Module, x: torch.Tensor) -> list[torch.Size]:
     """Per-sample output shape of every block, without side effects on the model.
 
-    Eval mode keeps batch-norm statistics and dropout RNG untouched; state is reset after.
+    Eval mode keeps batch-norm statistics and dropout RNG untouched; state is reset before and after.
     """
     modes = {m: m.training for m in model.modules()}
     model.eval()
+    reset_states(model)  # from rest, whatever batch the model saw last
     shapes = []
     try:
         with torch.no_grad():
@@ -92,7 +93,8 @@ class TruncatedLocalBPTT(Method):
             return Engine(blocks, [None])
         device, dtype = _model_placement(model, inputs)
         if self._heads is None or self._model_id != id(model):
-            shapes = _probe_shapes(blocks, model, inputs[0, :1].to(device))
+            # the whole first step: a norm without running statistics needs more than one sample
+            shapes = _probe_shapes(blocks, model, inputs[0].to(device))
             if self._heads is None:
                 self._heads = self._build_heads(blocks, shapes)
                 self._shapes = shapes
