@@ -9,6 +9,7 @@ batches, checkpoints of other shapes or origins, YAML configs).
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,26 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (f["brokenrun"] / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
     f["empty"] = root / "empty"
     f["empty"].mkdir()
+    f["binary"] = root / "binary.yaml"
+    f["binary"].write_bytes(b"\xff\xfe\x00epochs: 3\n")
+    model = spiking_cnn(1, 10, 8).state_dict()
+    f["nontensor"] = root / "nontensor.pt"
+    save_checkpoint(f["nontensor"], {"model": {k: 1 for k in model}, "epoch": 1})
+    f["bitflip"] = root / "bitflip.pt"
+    save_checkpoint(f["bitflip"], {"model": model, "epoch": 1})
+    with zipfile.ZipFile(f["bitflip"]) as archive:  # one byte of a tensor's data changed on disk
+        info = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 0)
+    raw = bytearray(f["bitflip"].read_bytes())
+    start = info.header_offset + 30 + int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little") \
+        + int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    raw[start] ^= 0x40
+    f["bitflip"].write_bytes(bytes(raw))
+    f["noepoch"] = root / "noepoch"  # a real run whose checkpoint lost a field
+    assert main(["train", "--out", str(f["noepoch"]), "--epochs", "1", "--max-batches", "1", "--no-progress"]) == 0
+    (f["noepoch"] / "summary.json").unlink()
+    ckpt = torch.load(f["noepoch"] / "checkpoint.pt", weights_only=True)
+    save_checkpoint(f["noepoch"] / "checkpoint.pt",
+                    {k: v for k, v in ckpt.items() if k not in ("epoch", "format", "version")})
     return f
 
 
@@ -81,7 +102,7 @@ CASES = [
     (["train", "--set", "lr"], "expected FIELD=VALUE"),
     (["train", "--set", "data.options.colour=1"], "unknown options ['colour']"),
     (["train", "--surrogate", "zigzag"], "unknown surrogate 'zigzag'"),
-    (["train", "--set", "optimizer.lr=-1"], "--lr must be > 0"),
+    (["train", "--set", "optimizer.lr=-1"], "--lr must be a finite number > 0"),
     (["train", "--method", "sltt", "--loss", "mean-ce"], "needs a per-step loss"),
     (["train", "--model", "lenet1"], "needs inputs of at least 28×28, got 8×8"),
     (["train", "--init-from", "{garbage}"], "is corrupt or not a torch checkpoint"),
@@ -98,6 +119,15 @@ CASES = [
     (["sweep", "--dataset", "digits", "--method", "tbptt", "--grid", "method.k=1,9", "--out", "{never}"],
      "--k 9 is out of range"),
     (["report", "{empty}"], "no finished runs"),
+    (["train", "--config", "{binary}"], "is not a UTF-8 text file"),
+    (["train", "--model", "spiking_mlp", "--set", "model.options.hidden=[-1]"],
+     "option hidden must be a non-empty list of positive integers, got [-1]"),
+    (["train", "--set", "model.options.widths=abc"], "option widths must be a non-empty list of positive integers"),
+    (["train", "--set", "optimizer.weight_decay=.nan"], "--weight-decay must be a finite number >= 0, got nan"),
+    (["train", "--set", "schedule.eta_min=-1"], "schedule.eta_min must be a finite number >= 0, got -1"),
+    (["train", "--init-from", "{bitflip}"], "checksum mismatch"),
+    (["train", "--init-from", "{nontensor}"], "not a tensor of the right kind: 0.weight is int"),
+    (["train", "--resume", "--out", "{noepoch}"], "no field 'epoch'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
 
@@ -113,7 +143,7 @@ def test_bad_input_gives_one_line_and_exit_2(argv, needle, files, tmp_path, caps
     argv = [a.format(**places) for a in argv]
     if argv[0] == "train" and "--out" not in argv:
         argv += ["--out", places["never"]]
-    before = {k: _snapshot(files[k]) for k in ("full", "norun", "brokenrun", "empty", "cifar")}
+    before = {k: _snapshot(files[k]) for k in ("full", "norun", "brokenrun", "empty", "cifar", "noepoch")}
     code = main(argv + (["--epochs", "1", "--max-batches", "1", "--no-progress"] if argv[0] == "train" else []))
     captured = capsys.readouterr()
     err = captured.err.strip()
@@ -127,3 +157,21 @@ def test_bad_input_gives_one_line_and_exit_2(argv, needle, files, tmp_path, caps
 
 def test_there_are_at_least_twenty_distinct_bad_inputs():
     assert len({tuple(a) for a, _ in CASES}) >= 20
+
+
+def test_a_reader_error_in_a_dataloader_worker_is_one_line():
+    """A DataLoader worker re-raises the reader's error with the worker's traceback in its
+    message; the command prints the reader's line only."""
+    from torch._utils import ExceptionWrapper
+
+    from leanspike.cli import _one_line
+    from leanspike.errors import UserError
+
+    try:
+        raise UserError("events/a.aedat: truncated AEDAT 3.1 packet at byte 61")
+    except UserError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(UserError) as info:
+        wrapped.reraise()
+    assert "\n" in str(info.value)
+    assert _one_line(info.value) == "events/a.aedat: truncated AEDAT 3.1 packet at byte 61"

@@ -115,6 +115,12 @@ def test_reader_errors_name_the_file(tmp_path):
     bad.write_bytes(good + b"\x01\x00\x02")
     with pytest.raises(UserError, match="trunc.aedat: truncated AEDAT 3.1 packet header"):
         read_aedat(bad)
+    header, body = good.split(b"#!END-HEADER\r\n")
+    odd = bytearray(body[:28])  # a polarity packet whose events are 10 bytes: not whole 4-byte words
+    odd[4:8] = struct.pack("<i", 10)
+    bad.write_bytes(header + b"#!END-HEADER\r\n" + bytes(odd) + b"\x00" * 40)
+    with pytest.raises(UserError, match=r"trunc.aedat: polarity packet at byte \d+ has eventSize 10"):
+        read_aedat(bad)
     bad.write_bytes(b"#!AER-DAT2.0\r\n" + b"\x00" * 13)
     with pytest.raises(UserError, match="trunc.aedat: AEDAT 2.0 body of 13 bytes"):
         read_aedat(bad)

@@ -95,6 +95,14 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
         raise UserError(f"{what} {p}: cannot read ({exc.strerror or exc})") from None
     if magic != b"PK\x03\x04":  # torch.save writes a zip archive
         raise UserError(f"{what} {p} is corrupt or not a torch checkpoint (not a torch zip archive)")
+    try:  # torch.load does not check the archive's checksums: a damaged byte would load silently
+        with zipfile.ZipFile(p) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{what} {p} is corrupt or not a torch checkpoint (truncated or damaged archive: "
+                        f"{_one_line(exc)})") from None
+    if damaged is not None:
+        raise UserError(f"{what} {p} is corrupt or not a torch checkpoint (checksum mismatch in {damaged})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -147,6 +155,17 @@ def set_generator_state(gen: torch.Generator | None, state: torch.Tensor | None)
         gen.set_state(state)
 
 
+def _kind(dtype: torch.dtype) -> str:
+    """What ``load_state_dict`` may convert between: floats among themselves, not complex to real."""
+    return "complex" if dtype.is_complex else "float" if dtype.is_floating_point else "bool" \
+        if dtype == torch.bool else "integer"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:120] if text else type(exc).__name__
+
+
 def state_mismatch(module: torch.nn.Module, state: dict[str, Any]) -> str | None:
     """Why ``state`` does not load into ``module`` (in one line), or None if it fits."""
     own = module.state_dict()
@@ -154,8 +173,12 @@ def state_mismatch(module: torch.nn.Module, state: dict[str, Any]) -> str | None
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
               if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape]
+    kinds = [f"{k} is {type(state[k]).__name__}" for k in own if k in state and not isinstance(state[k], torch.Tensor)]
+    kinds += [f"{k} {state[k].dtype} vs {v.dtype}" for k, v in own.items()
+              if k in state and isinstance(state[k], torch.Tensor) and _kind(state[k].dtype) != _kind(v.dtype)]
     parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes),
+                         ("not a tensor of the right kind", kinds)):
         if items:
             more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
             parts.append(f"{label}: {', '.join(items[:3])}{more}")

@@ -40,12 +40,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: UserError) -> str:
+    """The error's own line. A DataLoader worker re-raises a reader's error with the worker's
+    traceback in its message ("Caught UserError in DataLoader worker process 0. Original
+    Traceback ..."): its last line is the reader's message."""
+    text = str(exc).strip()
+    if "\nOriginal Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(f"{UserError.__name__}: ", 1)[-1]
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return int(args.run(args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the OS refuses (permissions, a file where a folder must be, a full disk)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

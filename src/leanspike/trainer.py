@@ -235,11 +235,12 @@ class _Run:
             path = out / FILENAME  # type: ignore[operator]
             if path.exists():
                 ckpt = load_checkpoint(path, "--resume checkpoint")
-                diffs = [d for d in C.differences(C.to_dict(cfg), ckpt.get("config", {}))
-                         if d not in RESUMABLE_CHANGES]
+                saved = ckpt.get("config", {})
+                diffs = [d for d in C.differences(C.to_dict(cfg), saved) if d not in RESUMABLE_CHANGES]
                 if diffs:
-                    raise UserError(f"--resume: config field {diffs[0]} differs from the run's "
-                                    f"({C.get_path(cfg, diffs[0])!r}); resume with the run's own config")
+                    theirs = _dotted(saved, diffs[0])
+                    raise UserError(f"--resume: config field {diffs[0]} is {C.get_path(cfg, diffs[0])!r} here but "
+                                    f"{theirs!r} in the run's checkpoint; resume with the run's own config")
                 if ckpt.get("world_size", 1) != self.world:
                     raise UserError(f"--resume: the run used {ckpt.get('world_size')} processes, this one "
                                     f"{self.world}; resume with the same number")
@@ -344,7 +345,11 @@ class _Run:
         if problem is not None:
             raise UserError(f"--init-from {checkpoint_path(source)} does not fit model {self.cfg.model.name}: "
                             f"{problem}")
-        self.model.load_state_dict(ckpt["model"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise UserError(f"--init-from {checkpoint_path(source)} does not load into model "
+                            f"{self.cfg.model.name}: {_one_line(exc)}") from None
 
     # -- state --------------------------------------------------------------------------
     def _state_from(self, ckpt: dict[str, Any] | None) -> None:
@@ -378,14 +383,15 @@ class _Run:
             if isinstance(self.method, SLTTK):
                 gens = ckpt.get("method_rng")
                 set_generator_state(self.method.generator, gens[self.rank] if isinstance(gens, list) else gens)
+            self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
+            self.rows = list(ckpt["metrics"])
+            self.accum = dict(ckpt["accum"])
+            self.peak_saved = int(ckpt["peak_saved_bytes"])
+            self.iter_times = list(ckpt.get("iter_times", []))
+            self.prior_peak_rss = int(ckpt.get("peak_rss_bytes", 0))
         except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
-            raise UserError(f"--resume: checkpoint does not fit this run: {_one_line(exc)}") from None
-        self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
-        self.rows = list(ckpt["metrics"])
-        self.accum = dict(ckpt["accum"])
-        self.peak_saved = int(ckpt["peak_saved_bytes"])
-        self.iter_times = list(ckpt.get("iter_times", []))
-        self.prior_peak_rss = int(ckpt.get("peak_rss_bytes", 0))
+            missing = f"no field {exc}" if isinstance(exc, KeyError) else _one_line(exc)
+            raise UserError(f"--resume: checkpoint does not fit this run: {missing}") from None
         self.resumed_from = self.epoch
         self.batches.skip = self.batch
 
@@ -626,13 +632,29 @@ def train(cfg: TrainConfig | ExperimentConfig, *, out: str | Path | None = None,
     out_path = Path(out).expanduser() if out is not None else None
     if resume and out_path is not None and (out_path / SUMMARY).is_file():
         print(f"{out_path} holds a finished run; nothing to resume", file=sys.stderr)
-        return json.loads((out_path / SUMMARY).read_text())
+        return _finished_summary(out_path / SUMMARY)
     owns_group = dist_utils.env_world_size() > 1 and not _dist_initialized()
     try:
         return _Run(cfg, out_path, resume, progress, metered_iterations).run()
     finally:
         if owns_group:
             dist_utils.shutdown()
+
+
+def _dotted(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _finished_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
+        raise UserError(f"--resume: cannot read the finished run's {path}: {exc}") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"--resume: {path} holds {type(summary).__name__}, expected a run summary (a JSON object)")
+    return summary
 
 
 def _dist_initialized() -> bool:

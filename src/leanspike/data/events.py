@@ -100,8 +100,9 @@ def decode_aedat31(path: Path, data: bytes, offset: int) -> np.ndarray:
             raise UserError(f"{path}: truncated AEDAT 3.1 packet at byte {pos - 28} "
                             f"(expected {length} bytes of events, {n - pos} left)")
         if int(h["eventType"]) == POLARITY_EVENT:
-            if size < 8:
-                raise UserError(f"{path}: polarity packet at byte {pos - 28} has eventSize {size}; expected 8")
+            if size < 8 or size % 4:
+                raise UserError(f"{path}: polarity packet at byte {pos - 28} has eventSize {size}; "
+                                "expected 8 (or a larger multiple of 4)")
             words = np.frombuffer(data, "<u4", number * size // 4, pos).reshape(number, size // 4)
             word, ts = words[:, 0], words[:, 1].view("<i4").astype(np.int64)
             valid = (word & 1) == 1

@@ -47,6 +47,18 @@ def _check_labels(name: str, path: Path, labels: np.ndarray, n_images: int, num_
                         f"expected 0..{num_classes - 1}")
 
 
+def _integer_labels(raw: object, path: Path, what: str) -> np.ndarray:
+    """``raw`` as int64 class indices; a one-line error for anything but integers (a float
+    label would be truncated silently)."""
+    try:
+        labels = np.asarray(raw)
+    except (TypeError, ValueError):
+        labels = np.asarray(None)
+    if labels.size and labels.dtype.kind not in "iu":
+        raise UserError(f"{path}: {what} are {labels.dtype} ({type(raw).__name__}); expected integer class indices")
+    return labels.astype(np.int64)
+
+
 def load_idx_pair(name: str, root: Path, image_stem: str, label_stem: str, num_classes: int,
                   size: tuple[int, int] = (28, 28), label_offset: int = 0,
                   transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +69,7 @@ def load_idx_pair(name: str, root: Path, image_stem: str, label_stem: str, num_c
     if images.ndim != 3 or images.shape[1:] != size or images.dtype != np.uint8:
         raise UserError(f"{name}: {img_path} holds {images.dtype} images of shape {images.shape[1:]}; "
                         f"expected uint8 {size[0]}x{size[1]}")
-    labels = read_idx(lbl_path).astype(np.int64) - label_offset
+    labels = _integer_labels(read_idx(lbl_path), lbl_path, "labels") - label_offset
     _check_labels(name, lbl_path, labels, len(images), num_classes)
     if transposed:  # EMNIST stores each image with rows and columns swapped
         images = images.transpose(0, 2, 1)
@@ -118,7 +130,7 @@ def load_cifar(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise UserError(f"{path}: 'data' is {data.dtype} of shape {data.shape}; expected uint8 [N, 3072] "
                             "(32x32 RGB)")
-        lbl = np.asarray(_field(batch, label_key, path), dtype=np.int64)
+        lbl = _integer_labels(_field(batch, label_key, path), path, label_key)
         _check_labels(name, path, lbl, len(data), num_classes)
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(lbl)

@@ -50,11 +50,12 @@ def load_data(cfg: ExperimentConfig) -> DataBundle:
         test, _ = build_dataset(name, cfg.data.root, train=False, T=cfg.T, **cfg.data.options)
     except UserError:
         raise
-    except (ValueError, OSError, EOFError) as exc:  # the readers' own complaints
+    except (ValueError, OSError, EOFError, TypeError) as exc:  # the readers' own complaints
         text = _one_line(exc)
         raise UserError(text if text.startswith(name) else f"dataset {name} (root {cfg.data.root}): {text}") from None
-    if len(train) == 0:
-        raise UserError(f"dataset {name} (root {cfg.data.root}): the training split is empty")
+    for split, samples in (("training", train), ("test", test)):
+        if len(samples) == 0:
+            raise UserError(f"dataset {name} (root {cfg.data.root}): the {split} split is empty")
     return DataBundle(train, test, info.in_channels, tuple(info.input_size), info.num_classes, info.encoding)
 
 

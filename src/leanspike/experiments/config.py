@@ -393,10 +393,10 @@ def validate(cfg: ExperimentConfig) -> None:
     _choice("loss.target", cfg.loss.target, ("constant", "onehot"))
     o = cfg.optimizer
     _choice("optimizer", o.name, OPTIMIZERS)
-    if not o.lr > 0:
-        raise UserError(f"--lr must be > 0, got {o.lr}")
-    if o.weight_decay < 0:
-        raise UserError(f"--weight-decay must be >= 0, got {o.weight_decay}")
+    if not 0 < o.lr < math.inf:
+        raise UserError(f"--lr must be a finite number > 0, got {o.lr}")
+    if not 0 <= o.weight_decay < math.inf:  # written so that NaN fails too
+        raise UserError(f"--weight-decay must be a finite number >= 0, got {o.weight_decay}")
     if not 0.0 <= o.momentum < 1.0:
         raise UserError(f"--momentum must be in [0, 1), got {o.momentum}")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
@@ -406,6 +406,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _at_least("schedule.step_size", s.step_size, 1)
     if not 0.0 < s.gamma <= 1.0:
         raise UserError(f"schedule.gamma must be in (0, 1], got {s.gamma}")
+    if not 0 <= s.eta_min < math.inf:
+        raise UserError(f"schedule.eta_min must be a finite number >= 0, got {s.eta_min}")
     _choice("amp_dtype", cfg.amp_dtype, AMP_DTYPES)
     if not (cfg.device in ("auto", "cpu", "cuda") or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit())):
         raise UserError(f"--device {cfg.device!r}: expected auto, cpu, cuda or cuda:N")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import atomic_write_text
+from ..errors import UserError
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -28,6 +29,23 @@ SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 ENVIRONMENT = "environment.json"
 TENSORBOARD = "tensorboard"
+
+
+def check_writable(path: str | Path, what: str, folder: bool = False) -> Path:
+    """Fail before any work when results could not be written to ``path`` (a file, or a
+    folder if ``folder``): its folder is created now, so a long run does not end in an OS
+    error. Raises :class:`UserError` naming ``what`` (e.g. ``--out``) and the path."""
+    path = Path(path).expanduser()
+    target = path if folder else path.parent
+    try:
+        if not folder and path.is_dir():
+            raise UserError(f"{what} {path}: is a folder, expected a file path")
+        target.mkdir(parents=True, exist_ok=True)
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(target))
+    except OSError as exc:
+        raise UserError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -10,6 +10,7 @@ per-time-step modules.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -113,7 +114,34 @@ def build_model(name: str, *, in_channels: int, num_classes: int, input_size: in
     if unknown:
         raise ValueError(f"model {name!r} has no option {', '.join(unknown)}; "
                          f"its options: {', '.join(sorted(options)) or 'none'}")
+    defaults = model_options(name)
+    for key, value in kwargs.items():
+        _check_option(name, key, value, defaults[key])
     return factory(in_channels=in_channels, num_classes=num_classes, input_size=(h, w), neuron=neuron, **kwargs)
+
+
+def _check_option(model: str, key: str, value: object, default: object) -> None:
+    """``value`` has the kind of the option's default: a non-empty list of positive integers
+    for layer widths, a positive integer, a flag, or a finite number ≥ 0."""
+    def positive(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    def number(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    if isinstance(default, (tuple, list)):
+        ok, expected = isinstance(value, (tuple, list)) and len(value) > 0 and all(map(positive, value)), \
+            "a non-empty list of positive integers"
+    elif isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, expected = positive(value), "a positive integer"
+    elif isinstance(default, float) or default is None:
+        ok, expected = number(value) or (default is None and value is None), "a finite number >= 0"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"model {model!r} option {key} must be {expected}, got {value!r}")
 
 
 def model_options(name: str) -> dict[str, object]:
