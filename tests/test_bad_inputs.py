@@ -128,6 +128,8 @@ CASES = [
     (["train", "--init-from", "{bitflip}"], "checksum mismatch"),
     (["train", "--init-from", "{nontensor}"], "not a tensor of the right kind: 0.weight is int"),
     (["train", "--resume", "--out", "{noepoch}"], "no field 'epoch'"),
+    (["train", "--set", "data.options.seed=abc"], "digits: option seed must be an integer >= 0, got 'abc'"),
+    (["train", "--set", "data.options.test_fraction=-0.2"], "option test_fraction must be a number in (0, 1)"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
 

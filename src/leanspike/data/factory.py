@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,38 @@ OPTIONS: dict[str, set[str]] = {
     "seq-mnist": {"mode", "width", "layout"},
     "seq-fashion-mnist": {"mode", "width", "layout"},
     "fashion-saccades": {"augment", "integration", "window_ms", "size", "cache_dir", "cache", "roll"},
+}
+
+
+def _integer(low: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(low: float, high: float = math.inf, open_low: bool = False):
+    def ok(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and (low < v if open_low else low <= v) \
+            and v < high
+    return ok
+
+
+def _side_or_pair(v) -> bool:
+    return _integer(1)(v) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_integer(1), v)))
+
+
+#: the numeric and on/off options: (check, what is expected) — a typo'd value must not pass as
+#: another (``augment: maybe`` is truthy, a negative fraction slices from the end)
+_OPTION_KINDS = {
+    "seed": (_integer(0), "an integer >= 0"),
+    "test_fraction": (_number(0, 1, open_low=True), "a number in (0, 1)"),
+    "train_fraction": (_number(0, 1, open_low=True), "a number in (0, 1)"),
+    "window_ms": (lambda v: v is None or _number(0, open_low=True)(v), "a number of milliseconds > 0"),
+    "size": (lambda v: v is None or _side_or_pair(v), "a positive integer or [height, width]"),
+    "roll": (_integer(0), "an integer >= 0 (pixels)"),
+    "cutout": (_integer(0), "an integer >= 0 (pixels)"),
+    "width": (_integer(1), "a positive integer"),
+    "augment": (lambda v: isinstance(v, bool), "true or false"),
+    "normalize": (lambda v: isinstance(v, bool), "true or false"),
+    "cache": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -103,6 +137,10 @@ def build_dataset(name: str, root: str | Path | None, *, train: bool, T: int,
     unknown = set(options) - OPTIONS[name]
     if unknown:
         raise ValueError(f"{name}: unknown options {sorted(unknown)}; accepted: {sorted(OPTIONS[name])}")
+    for key, value in options.items():
+        check = _OPTION_KINDS.get(key)
+        if check is not None and not check[0](value):
+            raise ValueError(f"{name}: option {key} must be {check[1]}, got {value!r}")
     if name in EVENTS:
         return _build_events(name, root, train, T, options)
     if name == "fashion-saccades":
