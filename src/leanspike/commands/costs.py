@@ -20,7 +20,9 @@ import torch
 
 from ..costs import (GRADIENT_ADDS, MEMORY_MODELS, CostReport, CostSetting, analyze, figure_of_merit,
                      measure_densities, profile_model, scalar_multiplications, with_densities)
+from ..checkpoint import atomic_write_bytes, atomic_write_text
 from ..errors import UserError
+from ..experiments.logs import check_writable
 from ..planner import calibrate, parse_shape
 
 
@@ -56,7 +58,9 @@ def _build(args: argparse.Namespace):
         raise UserError(f"--model: unknown model {args.model!r}; known: {', '.join(sorted(REFERENCE))}")
     ref = REFERENCE[args.model]
     shape = parse_shape(args.input) if args.input else (ref.in_channels, ref.input_size, ref.input_size)
-    classes = args.num_classes or ref.num_classes
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")
+    classes = args.num_classes if args.num_classes is not None else ref.num_classes
     if len(shape) != 3:
         raise UserError(f"--input: expected CxHxW, got {args.input!r}")
     try:
@@ -66,14 +70,11 @@ def _build(args: argparse.Namespace):
     return model, shape, classes
 
 
-def _densities(args: argparse.Namespace, model, shape):
-    if args.density is not None:
-        return None, f"given: spikes {args.density}, input {args.input_density}"
-    if args.dataset is None:
-        return None, "none given: dense upper bound (α = 1); pass --dataset or --density"
-    from torch.utils.data import DataLoader
-
-    from ..data.factory import build_dataset, to_time_major
+def _dataset(args: argparse.Namespace, shape):
+    """The ``--dataset`` to measure densities on (None without one), checked against the model."""
+    if args.density is not None or args.dataset is None:
+        return None
+    from ..data.factory import build_dataset
 
     try:
         ds, info = build_dataset(args.dataset, args.data_root, train=True, T=args.T)
@@ -86,6 +87,19 @@ def _densities(args: argparse.Namespace, model, shape):
     if tuple(sample_shape) != tuple(shape):
         raise UserError(f"--dataset {args.dataset} gives inputs {sample_shape}, the model takes {tuple(shape)}; "
                         f"pass --input to match")
+    return ds, info
+
+
+def _densities(args: argparse.Namespace, model, data):
+    if args.density is not None:
+        return None, f"given: spikes {args.density}, input {args.input_density}"
+    if data is None:
+        return None, "none given: dense upper bound (α = 1); pass --dataset or --density"
+    from torch.utils.data import DataLoader
+
+    from ..data.factory import to_time_major
+
+    ds, info = data
     x, _ = next(iter(DataLoader(ds, batch_size=min(args.batch, 64), shuffle=True,
                                 generator=torch.Generator().manual_seed(0))))
     inputs = to_time_major(x, args.T, info.encoding)
@@ -98,9 +112,12 @@ def _accuracies(entries) -> dict[tuple[int, int], float]:
         try:
             key, value = e.split("=")
             k, n = (int(v) for v in key.split(","))
-            out[(k, n)] = float(value)
+            acc = float(value)
         except ValueError:
             raise UserError(f"--accuracy: expected K,N=ACC (e.g. 20,4=0.91), got {e!r}") from None
+        if not 0 <= acc <= 1:
+            raise UserError(f"--accuracy {e}: accuracy {acc} out of range; expected a fraction in [0, 1]")
+        out[(k, n)] = acc
     return out
 
 
@@ -117,6 +134,10 @@ def _check(args: argparse.Namespace, depth: int) -> tuple[list[int], list[int]]:
             raise UserError(f"--n {n}: expected 1 <= n <= {depth} (the model's spiking depth)")
     if args.density is not None and not 0 <= args.density <= 1:
         raise UserError(f"--density {args.density}: expected a fraction in [0, 1]")
+    if not 0 <= args.input_density <= 1:
+        raise UserError(f"--input-density {args.input_density}: expected a fraction in [0, 1]")
+    if args.K is not None and not 1 <= args.K <= args.T:
+        raise UserError(f"--K {args.K}: expected 1 <= K <= T = {args.T}")
     return sorted(set(ks), reverse=True), sorted(set(ns), reverse=True)
 
 
@@ -129,7 +150,10 @@ def run(args: argparse.Namespace) -> int:
     profile = profile_model(model, shape, classes)
     depth = profile.depth
     ks, ns = _check(args, depth)
-    densities, density_note = _densities(args, model, shape)
+    accuracy = _accuracies(args.accuracy)
+    data = _dataset(args, shape)
+    out = check_writable(args.out, "--out", folder=True) if args.out else None  # before measuring
+    densities, density_note = _densities(args, model, data)
     if densities is not None:
         profile = with_densities(profile, densities)
     else:
@@ -139,7 +163,6 @@ def run(args: argparse.Namespace) -> int:
     if args.calibrate:
         memory = calibrate(model, shape, classes, batches=(2, 4), profile=profile)
         scale = memory.per_sample_step / (profile.graph * profile.itemsize)
-    accuracy = _accuracies(args.accuracy)
     base_acc = accuracy.get((args.T, depth))
 
     def report(k: int, n: int, classifier: str) -> CostReport:
@@ -170,22 +193,18 @@ def run(args: argparse.Namespace) -> int:
     for row in baseline.rows:
         print(f"{row.name[:44]:<44} {row.params:>10} {row.states:>11} {_fmt(row.macs_fwd_dense):>11} "
               f"{row.density:>6.3f} {_fmt(row.memory_access):>11} {_fmt(row.additions):>11} {_fmt(row.macs):>11}")
-    K = args.K or max(1, args.T // 2)
-    if not 1 <= K <= args.T:
-        raise UserError(f"--K {K}: expected 1 <= K <= T = {args.T}")
+    K = args.K if args.K is not None else max(1, args.T // 2)
     mults = scalar_multiplications(profile, args.T, args.batch, K)
     tot = mults["total"]
     print(f"\nbackward scalar multiplications (SLTT supplement C.2): BPTT {_fmt(tot['bptt'])}, "
           f"SLTT {_fmt(tot['sltt'])} ({tot['sltt'] / tot['bptt']:.4f}×), "
           f"SLTT-K (K = {K}) {_fmt(tot['sltt_k'])} ({tot['sltt_k'] / tot['bptt']:.4f}×)")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         doc = {"model": args.model, "input": list(shape), "num_classes": classes, "T": args.T, "batch": args.batch,
                "depth": depth, "densities": density_note, "graph_scale": scale,
                "gradient_adds": args.gradient_adds, "memory_model": args.memory_model,
                "baseline": baseline.as_dict(), "settings": results, "scalar_multiplications": mults}
-        (out / "costs.json").write_text(json.dumps(doc, indent=1))
+        atomic_write_text(out / "costs.json", json.dumps(doc, indent=1))
         plot_costs(doc, out / "costs.png")
         print(f"\nwrote {out / 'costs.json'} and {out / 'costs.png'}")
     return 0
@@ -239,5 +258,7 @@ def plot_costs(doc: dict, path: Path) -> None:
     ax[5].set_ylabel("backward scalar mults / BPTT's")
     fig.suptitle(f"{doc['model']} {'x'.join(map(str, doc['input']))}, T = {doc['T']}, batch {doc['batch']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)

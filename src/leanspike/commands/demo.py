@@ -7,7 +7,6 @@ when its files are present, and prints one table of accuracy, memory and speed.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..trainer import TrainConfig, train
@@ -30,15 +29,20 @@ def _mib(n: int | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..experiments.logs import check_writable, write_json
+
     digits = args.dataset == "digits"
     root = args.data_root or (None if digits else str(FASHION_DEFAULT))
-    epochs = args.epochs or (15 if digits else 2)
+    epochs = args.epochs if args.epochs is not None else (15 if digits else 2)  # --epochs 0 is an error, not 15
     setups = [("bptt", {}), ("sltt", {}), ("sltt-k", {"K": 1})]
+    configs = [TrainConfig(dataset=args.dataset, data_root=root, model="spiking_cnn", method=method,
+                           T=args.T, epochs=epochs, batch_size=32 if digits else 128,
+                           lr=0.1, tau=2.0, seed=0, **extra) for method, extra in setups]
+    for cfg in configs:  # every setting (--T, --epochs) is checked before the first run trains
+        cfg.validate()
+    json_path = check_writable(args.json, "--json") if args.json else None  # before training
     rows = []
-    for method, extra in setups:
-        cfg = TrainConfig(dataset=args.dataset, data_root=root, model="spiking_cnn", method=method,
-                          T=args.T, epochs=epochs, batch_size=32 if digits else 128,
-                          lr=0.1, tau=2.0, seed=0, **extra)
+    for (method, extra), cfg in zip(setups, configs):
         s = train(cfg)
         label = method if method != "sltt-k" else f"sltt-k (K={extra['K']})"
         rows.append({"method": label, "test_accuracy": s["test_accuracy"], "peak_saved_bytes": s["peak_saved_bytes"],
@@ -51,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['method']:<16} {r['test_accuracy']:>9.4f} {_mib(r['peak_saved_bytes']):>10} "
               f"{_mib(r['peak_rss_bytes']):>13} {r['s_per_iter']:>8.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if json_path is not None:
+        write_json(json_path, rows)
     return 0

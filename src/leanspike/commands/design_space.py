@@ -10,7 +10,9 @@ of memory against k) and accuracy.png / memory.png into ``--out``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..errors import UserError
 from .train import add_config_arguments, build_config, positive_int
 
 
@@ -42,13 +44,44 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    path = path.absolute()
+    missing = None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
+def _remove_empty(path: Path, top: Path) -> None:
+    """Remove the empty folders from ``path`` up to ``top``, the ones this command made."""
+    path = path.absolute()
+    while True:
+        try:
+            path.rmdir()  # only ever an empty folder
+        except OSError:
+            return
+        if path == top or path == path.parent:
+            return
+        path = path.parent
+
+
 def run(args: argparse.Namespace) -> int:
     from ..experiments.design_space import run_design_space
+    from ..experiments.logs import check_writable
 
     base = build_config(args)
-    result = run_design_space(base, args.out, ks=args.ks, ns=args.ns, classifiers=args.classifiers,
-                              limit=args.limit, progress=not args.no_progress,
-                              plots=not args.no_plots)
+    out = Path(args.out)
+    made = _first_missing(out.expanduser())
+    check_writable(out, "--out", folder=True)  # an unwritable --out fails now, not after the first run
+    try:
+        result = run_design_space(base, args.out, ks=args.ks, ns=args.ns, classifiers=args.classifiers,
+                                  limit=args.limit, progress=not args.no_progress,
+                                  plots=not args.no_plots)
+    except UserError:
+        if made is not None:  # a grid that fails validation leaves no empty --out behind
+            _remove_empty(out.expanduser(), made)
+        raise
     print(f"design-space {args.out}: {len(result.ran)} ran, {len(result.skipped)} already finished, "
           f"{len(result.shared)} shared, {len(result.pending)} pending, {len(result.failed)} failed")
     for f in result.fits:

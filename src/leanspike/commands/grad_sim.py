@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 from functools import partial
@@ -21,7 +22,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..analysis import gradient_similarity
+from ..checkpoint import atomic_write_bytes, atomic_write_text
 from ..errors import UserError
+from ..experiments.logs import check_writable
 from ..losses import make_loss
 from ..methods import BPTT
 from ..models.small import spiking_cnn
@@ -51,17 +54,35 @@ def _check(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
     for tau in args.tau:
-        if tau < 1:
+        if not tau >= 1:
             raise UserError(f"--tau {tau}: expected τ >= 1 (decay = 1 − 1/τ)")
-    if not args.lr > 0:
-        raise UserError(f"--lr must be > 0, got {args.lr}")
+    if not 0 < args.lr < math.inf:
+        raise UserError(f"--lr must be a finite number > 0, got {args.lr}")
+    for width in args.widths:
+        if width < 1:
+            raise UserError(f"--widths {' '.join(map(str, args.widths))}: expected channel counts >= 1, got {width}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+
+
+def _check_batch(args: argparse.Namespace, ds) -> None:
+    """Whole batches only (drop_last): a batch larger than the data set would yield none."""
+    if args.batch > len(ds):
+        raise UserError(f"--batch {args.batch}: the {args.dataset} training set holds {len(ds)} samples; "
+                        f"expected --batch <= {len(ds)}")
 
 
 def _batches(ds, batch: int, seed: int):
     loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     while True:
-        yield from loader
+        empty = True
+        for item in loader:
+            empty = False
+            yield item
+        if empty:  # never loop forever on a loader without a whole batch
+            raise UserError(f"--batch {batch}: the training set holds {len(ds)} samples; "
+                            f"expected --batch <= {len(ds)}")
 
 
 def train_and_analyse(args: argparse.Namespace, tau: float, ds, info) -> dict:
@@ -100,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--dataset {args.dataset}: {exc}") from None
     if info.is_frames:
         raise UserError(f"--dataset {args.dataset}: grad-sim trains on static images; got event frames")
+    _check_batch(args, ds)
+    out = check_writable(args.out, "--out", folder=True)  # before training, not after it
     runs = []
     for tau in args.tau:
         r = train_and_analyse(args, tau, ds, info)
@@ -107,13 +130,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"τ = {tau:g} (λ = {r['decay']:.3f}): mean cosine similarity {sum(means) / len(means):.4f} "
               f"(min {min(means):.4f}, last {means[-1]:.4f}), {r['seconds']:.0f} s", flush=True)
         runs.append(r)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     doc = {"dataset": args.dataset, "model": f"spiking_cnn widths {args.widths}", "T": args.T, "batch": args.batch,
            "iterations": args.iterations, "every": args.every, "lr": args.lr, "loss": args.loss, "seed": args.seed,
            "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
            "runs": runs}
-    (out / "grad_sim.json").write_text(json.dumps(doc, indent=1))
+    atomic_write_text(out / "grad_sim.json", json.dumps(doc, indent=1))
     plot(doc, out / "grad_sim.png")
     print(f"wrote {out / 'grad_sim.json'} and {out / 'grad_sim.png'}")
     return 0
@@ -143,5 +164,7 @@ def plot(doc: dict, path: Path) -> None:
     b.legend()
     fig.suptitle(f"{doc['dataset']}, {doc['model']}, T = {doc['T']}, batch {doc['batch']}, loss {doc['loss']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)

@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import atomic_write_text
+    from ..experiments.logs import check_writable
     from ..models.registry import MODELS, build_model
 
     shape = parse_shape(args.input)
@@ -49,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
                             input_size=(shape[1], shape[2]))
     except ValueError as exc:
         raise UserError(f"--model {args.model}: {exc}") from None
+    if args.T < 1 or args.batch < 1:
+        raise UserError(f"--T and --batch must be >= 1, got T={args.T}, batch={args.batch}")
+    if args.json:
+        check_writable(args.json, "--json")  # before calibrating, so a bad path fails at once
     rows, memory = plan(model, shape, args.num_classes, args.T, args.batch, budget, args.optimizer)
     best = next((r for r in rows if r.fits), None)
     print(f"{args.model} {args.input} → {args.num_classes}, T = {args.T}, batch {args.batch}, "
@@ -74,5 +80,5 @@ def run(args: argparse.Namespace) -> int:
                "batch": args.batch, "budget_bytes": budget, "optimizer": args.optimizer,
                "calibration": memory.as_dict(), "recommended": best.setting.label() if best else None,
                "rows": [r.as_dict() for r in rows]}
-        Path(args.json).write_text(json.dumps(doc, indent=1))
+        atomic_write_text(Path(args.json).expanduser(), json.dumps(doc, indent=1))
     return 0

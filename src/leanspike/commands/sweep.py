@@ -34,12 +34,15 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import atomic_write_text
     from ..experiments import config as C
+    from ..experiments.logs import check_writable
     from ..experiments.sweep import SWEEP_FILE, expand, parse_grid, run_sweep
 
     base = build_config(args)
     grid = dict(base.sweep)
     grid.update(parse_grid(args.grid))
     if args.seeds is not None:
+        if not args.seeds.strip():
+            raise UserError(f"--seeds {args.seeds!r}: expected seeds separated by commas, e.g. 0,1,2")
         grid.update(parse_grid([f"seed={args.seeds}"]))
     points = expand(base, grid, skip_invalid=args.skip_invalid)
     if not points:
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments.sweep import check_existing
 
     check_existing(points, out)  # before anything is written
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "--out", folder=True)  # an unwritable --out fails here, not after the first run
     atomic_write_text(out / SWEEP_FILE, json.dumps({
         "grid": grid, "base": C.to_dict(C.apply_overrides(base, {"sweep": {}})),
         "runs": [{"id": p.run_id, "overrides": dict(p.overrides)} for p in points]}, indent=2) + "\n")

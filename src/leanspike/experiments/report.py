@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
-from .logs import CONFIG, SUMMARY
+from .logs import CONFIG, SUMMARY, check_writable
 from .sweep import SWEEP_FILE
 
 #: config fields that never make two runs different experiments
@@ -67,21 +67,65 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _read_text(path: Path, expected: str) -> str:
+    """``path`` as UTF-8 text; a one-line UserError naming the file and what it should hold."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"report: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"report: {path} is not a UTF-8 text file (byte {exc.start}); expected {expected}") from None
+
+
+def _read_json(path: Path, expected: str) -> Any:
+    text = _read_text(path, expected)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"report: {path} is not valid JSON (line {exc.lineno}); expected {expected}") from None
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    expected = "a JSON object of the run's results"
+    summary = _read_json(path, expected)
+    if not isinstance(summary, dict):
+        raise UserError(f"report: {path} holds a JSON {type(summary).__name__}; expected {expected}")
+    return summary
+
+
+def _read_config(path: Path, finished: bool) -> dict[str, Any] | None:
+    """The run's config mapping. A config that cannot be read is an error beside a
+    ``summary.json`` (the finished run would silently vanish from the table) and is
+    skipped otherwise, as any stray file of that name is."""
+    expected = "the run's YAML mapping of config fields"
+    try:
+        config = yaml.safe_load(_read_text(path, expected)) or {}
+    except UserError:
+        if finished:
+            raise
+        return None
+    except yaml.YAMLError as exc:
+        if not finished:
+            return None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"report: {path} is not valid YAML{where}; expected {expected}") from None
+    if not isinstance(config, dict):
+        if not finished:
+            return None
+        raise UserError(f"report: {path} holds a YAML {type(config).__name__}; expected {expected}")
+    return config
+
+
 def find_runs(root: Path) -> list[Run]:
     runs = []
     for cfg_path in sorted(root.rglob(CONFIG)):
-        try:
-            config = yaml.safe_load(cfg_path.read_text()) or {}
-        except (OSError, yaml.YAMLError):
+        summary_path = cfg_path.parent / SUMMARY
+        finished = summary_path.is_file()
+        config = _read_config(cfg_path, finished)
+        if config is None:
             continue
-        if not isinstance(config, dict):
-            continue
-        summary = None
-        if (cfg_path.parent / SUMMARY).is_file():
-            try:
-                summary = json.loads((cfg_path.parent / SUMMARY).read_text())
-            except (OSError, json.JSONDecodeError):
-                summary = None
+        summary = _read_summary(summary_path) if finished else None
         runs.append(Run(cfg_path.parent, flatten(config), summary))
     return runs
 
@@ -92,16 +136,29 @@ def _hashable(value: Any) -> Any:
     return value
 
 
+def _sweep_grid(path: Path) -> dict[str, list[Any]]:
+    """The ``grid`` of a sweep.json: ``{FIELD: [values...]}`` (empty when it has none)."""
+    expected = 'a JSON object {"grid": {FIELD: [V1, V2, ...]}}'
+    doc = _read_json(path, expected)
+    if not isinstance(doc, dict):
+        raise UserError(f"report: {path} holds a JSON {type(doc).__name__}; expected {expected}")
+    grid = doc.get("grid", {})
+    if not isinstance(grid, dict):
+        raise UserError(f"report: {path}: grid is a JSON {type(grid).__name__}; expected {expected}")
+    for key, values in grid.items():
+        if not isinstance(values, list):
+            raise UserError(f"report: {path}: grid field {key} holds {values!r} ({type(values).__name__}); "
+                            f"expected a list of values")
+    return grid
+
+
 def swept_fields(root: Path, runs: list[Run]) -> list[str]:
     sweep = root / SWEEP_FILE
     if sweep.is_file():
-        try:
-            grid = json.loads(sweep.read_text()).get("grid", {})
-            keys = [k for k in grid if k != "seed" and len(grid[k]) > 1]
-            if keys:
-                return keys
-        except (OSError, json.JSONDecodeError, AttributeError):
-            pass
+        grid = _sweep_grid(sweep)
+        keys = [k for k in grid if k != "seed" and len(grid[k]) > 1]
+        if keys:
+            return keys
     keys = sorted({k for r in runs for k in r.config})
     return [k for k in keys if k not in IGNORED
             and len({_hashable(r.config.get(k)) for r in runs}) > 1]
@@ -158,6 +215,8 @@ def plot(rows: list[Row], fields: list[str], x: str, folder: Path) -> list[Path]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..checkpoint import atomic_write_bytes
+
     xi = fields.index(x)
     others = [f for f in fields if f != x]
     xs_all = sorted({row.key[xi] for row in rows}, key=lambda v: (not isinstance(v, (int, float)), str(v)
@@ -196,8 +255,10 @@ def plot(rows: list[Row], fields: list[str], x: str, folder: Path) -> list[Path]
                 ax.legend(fontsize=8)
         fig.tight_layout()
         path = folder / f"{name}_vs_{_slug(x)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        try:
+            atomic_write_bytes(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
+        finally:
+            plt.close(fig)
         written.append(path)
     return written
 
@@ -219,8 +280,8 @@ def write_report(root: Path, out: Path | None = None, x: str | None = None) -> t
     if x is not None and x not in fields:
         raise UserError(f"report --x {x}: not a swept field; swept: {', '.join(fields) or 'none'}")
     rows = group(finished, fields)
-    out = out or root
-    out.mkdir(parents=True, exist_ok=True)
+    # before any plot is drawn; an unwritable DIR or --out fails in one line
+    out = check_writable(out or root, "--out" if out is not None else "report: DIR", folder=True)
     plots: list[Path] = []
     note = None
     if fields:

@@ -39,6 +39,15 @@ def _clean(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "-", text)
 
 
+def _check_device(cfg: C.ExperimentConfig) -> None:
+    """A CUDA device on a machine without CUDA fails before the first run, as ``train``
+    does (its own check), not run by run."""
+    if cfg.device.startswith("cuda"):
+        from ..trainer import _resolve_device
+
+        _resolve_device(cfg, 0)
+
+
 def expand(base: C.ExperimentConfig, grid: dict[str, list[Any]], skip_invalid: bool = False,
            warn: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> list[Point]:
     """Every point of the grid (keys in order, last varying fastest), validated."""
@@ -57,6 +66,7 @@ def expand(base: C.ExperimentConfig, grid: dict[str, list[Any]], skip_invalid: b
         cfg = C.apply_overrides(base, list(overrides) + [("sweep", {})], where=f"sweep run {run_id}: ")
         try:
             C.validate(cfg)
+            _check_device(cfg)
         except UserError as exc:
             if not skip_invalid:
                 raise UserError(f"sweep run {run_id}: {exc}") from None
@@ -70,6 +80,8 @@ def parse_grid(entries: list[str]) -> dict[str, list[Any]]:
     """``["method.k=1,2,5", "seed=0,1"]`` → ``{"method.k": [1, 2, 5], "seed": [0, 1]}``."""
     grid: dict[str, list[Any]] = {}
     for text in entries:
+        if "=" not in text or not text.partition("=")[0].strip():
+            raise UserError(f"--grid {text!r}: expected FIELD=V1,V2,..., e.g. method.k=1,2,5")
         key, values = C.parse_assignment(text)
         raw = text.partition("=")[2]
         if not isinstance(values, list):
