@@ -26,12 +26,14 @@ Reported per setup: the median seconds per training iteration after warm-up (the
 minimum over rounds of those medians: other jobs on a shared machine only ever add
 time), the peak bytes saved for backward during one iteration
 (:class:`leanspike.measure.SavedTensorMeter`, parameters, buffers and the input batch
-excluded), the peak RSS increase over the timed iterations, and the achieved
-convolution GFLOP/s (analytic: forward = 2·MACs per step, backward = 2× forward for
-every step that builds a graph). The machine's fp32 matmul GFLOP/s is measured once.
-With ``--device cuda`` every timed iteration is synchronised and the peak CUDA memory
-increase (``torch.cuda.max_memory_allocated`` during the timed iterations minus what was
-allocated before them) is reported beside the RSS.
+excluded), the peak RSS increase over a memory pass of as many iterations run after the
+timed ones (the heap handed back to the OS first, so that only live data is the
+baseline; timing never follows that trim), and the achieved convolution GFLOP/s
+(analytic: forward = 2·MACs per step, backward = 2× forward for every step that builds a
+graph). The machine's fp32 matmul GFLOP/s is measured once. With ``--device cuda`` every
+timed iteration is synchronised and the peak CUDA memory increase
+(``torch.cuda.max_memory_allocated`` during the memory pass minus what was allocated
+before it) is reported beside the RSS.
 Writes bench/results/peers.json (peers_cuda.json on a GPU).
 """
 
@@ -339,7 +341,17 @@ def _release_free_memory() -> None:
         pass
 
 
-def worker(setup: str, T: int, warmup: int, iterations: int, device: torch.device, batch: int = BATCH) -> dict:
+def worker(setup: str, T: int, warmup: int, iterations: int, device: torch.device, batch: int = BATCH,
+           memory_iterations: int | None = None) -> dict:
+    """One (setup, T) in this process: warm-up, one metered iteration (bytes saved for
+    backward), ``iterations`` timed ones, then ``memory_iterations`` (default: as many)
+    for the peak RSS and CUDA memory increases.
+
+    The memory pass comes after the timed one because it starts by handing the free heap
+    back to the OS (``malloc_trim``) so that its baseline counts live data only; timed
+    right after that, the first iterations would also pay for faulting those pages in
+    again, which is the measurement's cost, not the setup's (SLTT-K, K = 1 at T = 6: the
+    first two iterations after the trim took 0.35-0.44 s, the rest 0.29-0.31 s)."""
     from leanspike.measure import SavedTensorMeter, current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
     torch.manual_seed(0)
@@ -350,6 +362,13 @@ def worker(setup: str, T: int, warmup: int, iterations: int, device: torch.devic
         iteration()
     with SavedTensorMeter(exclude=[model, x]) as meter:
         iteration()
+    times = []
+    for _ in range(iterations):
+        _sync(device)
+        start = time.perf_counter()
+        iteration()
+        _sync(device)
+        times.append(time.perf_counter() - start)
     gc.collect()
     _release_free_memory()
     rss_before = current_rss_bytes()
@@ -359,13 +378,9 @@ def worker(setup: str, T: int, warmup: int, iterations: int, device: torch.devic
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         cuda_before = torch.cuda.memory_allocated(device)
-    times = []
-    for _ in range(iterations):
-        _sync(device)
-        start = time.perf_counter()
+    for _ in range(iterations if memory_iterations is None else memory_iterations):
         iteration()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    _sync(device)
     rss_increase = max(0, peak_rss_bytes() - rss_before) if rss_reset else None
     row = {"setup": setup, "T": T, "device": str(device), "times_s": times, "s_per_iter": statistics.median(times),
            "saved_bytes": meter.peak_bytes, "rss_increase_bytes": rss_increase, "graph_steps": graphs}
@@ -386,7 +401,7 @@ def run_worker(setup: str, T: int, args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--worker", setup, "--T", str(T), "--threads", str(args.threads),
            "--warmup", str(args.warmup), "--iterations", str(args.iterations), "--device", args.device,
-           "--batch", str(args.batch)]
+           "--batch", str(args.batch), "--memory-iterations", str(args.memory_iterations)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"setup": setup, "T": T, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
@@ -462,7 +477,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated setups (default: all but {', '.join(sorted(set(SETUPS) - set(DEFAULT_SETUPS)))})")
     p.add_argument("--rounds", type=int, default=1, help="run every (setup, T) this many times; keep the fastest")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--iterations", type=int, default=5, help="timed iterations per (setup, T)")
+    p.add_argument("--memory-iterations", type=int, default=None,
+                   help="iterations of the memory pass, after the timed ones (default: --iterations)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=BATCH,
@@ -477,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if args.worker:
-        print(json.dumps(worker(args.worker, args.T, args.warmup, args.iterations, device, args.batch)))
+        print(json.dumps(worker(args.worker, args.T, args.warmup, args.iterations, device, args.batch,
+                                args.memory_iterations)))
         return 0
     out = Path(args.out or Path(__file__).parent / "results" / ("peers_cuda.json" if cuda else "peers.json"))
 
@@ -489,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     gflops = matmul_gflops(device)
     if args.batch < 1:
         p.error(f"--batch must be a positive integer, got {args.batch}")
+    if args.memory_iterations is None:
+        args.memory_iterations = args.iterations
+    if min(args.iterations, args.memory_iterations) < 1 or args.warmup < 0:
+        p.error("--iterations and --memory-iterations must be >= 1 and --warmup >= 0")
     macs = conv_macs_per_step(args.batch)
     where = torch.cuda.get_device_name(device) if cuda else f"{args.threads} threads"
     print(f"fp32 matmul: {gflops:.0f} GFLOP/s on {where}; "
@@ -529,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         "neuron": {"decay": DECAY, "v_threshold": V_TH, "reset": "subtract", "surrogate": f"sigmoid alpha={ALPHA}"},
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup, "iterations": args.iterations,
+        "memory_iterations": args.memory_iterations,
         "matmul_gflops": gflops, "conv_forward_gflop_per_step": 2 * macs / 1e9,
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
         "versions": _versions(), "setups": {k: v[0] for k, v in SETUPS.items() if k in setups},
