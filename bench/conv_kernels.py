@@ -125,7 +125,7 @@ def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     dw = {"winograd": F23, "nnpack": "NNPACK, samples as channels", "shifted": "shifted windows",
           "oneDNN": "oneDNN"}[ms.weight_grad_kernel(g, x, w, (1, 1), (1, 1))]
     kernel = ("NNPACK Winograd" if ms._winograd(x, w, (1, 1), (1, 1))
-              else F23 if winograd.applies(x, w, (1, 1), (1, 1)) else "oneDNN")
+              else F23 if ms._winograd_f23(x, w, (1, 1), (1, 1)) else "oneDNN")
     return {"forward": kernel, "dX": kernel, "dW": dw}
 
 

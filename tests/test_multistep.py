@@ -227,12 +227,34 @@ def test_special_kernels_only_at_the_widths_they_pay_at(real_size_rules):
         setattr(multistep, name, value)
     assert multistep._unfolds(nn.Conv2d(2, 64, 3).weight) and not multistep._unfolds(nn.Conv2d(1, 6, 5).weight)
     wide, narrow = nn.Conv2d(64, 64, 3).weight, nn.Conv2d(16, 32, 3).weight
-    assert multistep._winograd(torch.zeros(64, 64, 12, 12), wide, (1, 1), (1, 1)) == torch._nnpack_available()
+    assert multistep._winograd(torch.zeros(64, 64, 12, 12), wide, (1, 1), (1, 1)) == multistep.USE_NNPACK
     assert not multistep._winograd(torch.zeros(64, 16, 12, 12), narrow, (1, 1), (1, 1))
     assert multistep.weight_grad_kernel(torch.zeros(8, 64, 6, 6), torch.zeros(8, 64, 6, 6), wide, (1, 1),
                                         (1, 1)) == "shifted"
     assert multistep.weight_grad_kernel(torch.zeros(8, 32, 6, 6), torch.zeros(8, 16, 6, 6), narrow, (1, 1),
                                         (1, 1)) == "oneDNN"
+
+
+def test_kernels_follow_the_cpus_vector_instructions(real_size_rules, monkeypatch):
+    """NNPACK (AVX2 at most) is taken only where oneDNN's direct kernels lack AVX-512, and on
+    AVX-512 F(2×2, 3×3) keeps only the calls under 16 samples; the rules as this machine has them."""
+    from leanspike import multistep
+
+    for name, value in real_size_rules.items():
+        setattr(multistep, name, value)
+    avx512 = multistep.CPU_CAPABILITY == "AVX512"
+    assert multistep.USE_NNPACK == (torch._nnpack_available() and not avx512)
+    assert multistep.WINOGRAD_MAX_BATCH == (16 if avx512 else None)
+    weight = nn.Conv2d(128, 128, 3).weight
+    assert multistep._winograd_f23(torch.zeros(8, 128, 12, 12), weight, (1, 1), (1, 1))
+    monkeypatch.setattr(multistep, "WINOGRAD_MAX_BATCH", 16)
+    assert not multistep._winograd_f23(torch.zeros(16, 128, 12, 12), weight, (1, 1), (1, 1))
+    assert multistep._winograd_f23(torch.zeros(15, 128, 12, 12), weight, (1, 1), (1, 1))
+    monkeypatch.setattr(multistep, "WINOGRAD_MAX_BATCH", None)
+    assert multistep._winograd_f23(torch.zeros(48, 128, 12, 12), weight, (1, 1), (1, 1))
+    monkeypatch.setattr(multistep, "USE_NNPACK", False)
+    assert not multistep._winograd(torch.zeros(64, 128, 12, 12), weight, (1, 1), (1, 1))
+    assert not multistep._dw_as_conv(torch.zeros(64, 128, 12, 12), torch.zeros(64, 128, 12, 12), (1, 1))
 
 
 def test_ottt_still_runs_step_by_step(float64):

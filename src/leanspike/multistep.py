@@ -415,12 +415,34 @@ def _winograd(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tup
     """Whether NNPACK should run ``x`` (``[N, C, H, W]``) through ``weight`` (same-size output)."""
     k = weight.shape[2:]
     out = [x.shape[2 + i] + 2 * padding[i] - k[i] + 1 for i in range(2)]
-    return (_NNPACK and stride == (1, 1) and x.dtype == torch.float32 and max(k) < 17 and _wide(weight)
+    return (USE_NNPACK and stride == (1, 1) and x.dtype == torch.float32 and max(k) < 17 and _wide(weight)
             and all(p <= kk - 1 for p, kk in zip(padding, k)) and out[0] * out[1] >= WINOGRAD_MIN_PIXELS
             and x.shape[0] >= WINOGRAD_MIN_BATCH and x.shape[0] * out[0] * out[1] >= WINOGRAD_MIN_ROWS)
 
 
 _NNPACK = torch._nnpack_available()
+#: the widest vector instructions PyTorch's CPU kernels use on this machine ("AVX2", "AVX512", ...)
+CPU_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+#: Whether NNPACK's kernels (:func:`_winograd`, :func:`_weight_grad_as_conv`) are taken at all.
+#: NNPACK's kernels stop at AVX2, while oneDNN's direct convolutions use AVX-512 where the CPU
+#: has it; the thresholds above were measured on AVX2 machines. On a 2-core AVX-512 (and AMX)
+#: Xeon, 330 GFLOP/s fp32 matmul, VGG-11 at batch 8, T = 6, interleaved in one process: BPTT
+#: took 0.835× the time without NNPACK and forward-only inference 0.786× (with
+#: :data:`WINOGRAD_MAX_BATCH` too); SLTT and SLTT-K (K = 1) were unchanged (1.005×, 0.993×)
+USE_NNPACK = _NNPACK and CPU_CAPABILITY != "AVX512"
+#: samples from which a forward or input gradient that F(2×2, 3×3) applies to
+#: (:func:`winograd.applies`) takes oneDNN instead (None: no limit). On AVX-512, oneDNN's
+#: direct kernels are the faster from 16 samples (forward-only inference above; SLTT-K's
+#: no-grad steps 0.97×); at SLTT's 8 it was a tie. On AVX2 F(2×2, 3×3) beat oneDNN at every
+#: batch NNPACK does not take (docs/performance.md, "Kernels")
+WINOGRAD_MAX_BATCH = 16 if CPU_CAPABILITY == "AVX512" else None
+
+
+def _winograd_f23(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> bool:
+    """Whether the forward (or, with the output gradient as ``x``, the input gradient) runs as
+    F(2×2, 3×3) (:mod:`leanspike.winograd`): where it applies, below :data:`WINOGRAD_MAX_BATCH`."""
+    return ((WINOGRAD_MAX_BATCH is None or x.shape[0] < WINOGRAD_MAX_BATCH)
+            and winograd.applies(x, weight, stride, padding))
 #: in_channels·kh·kw below which a convolution runs as one matrix product over the unfolded
 #: input (:func:`_conv_step`): oneDNN pads few input channels to a whole block; the first layer
 #: on 2-channel events, batch 8: 1.0 ms against 5.5 ms for oneDNN and 6.6 ms for oneDNN channels-last
@@ -557,7 +579,7 @@ DW_CONV_SIDES = range(6, 17)
 
 def _dw_as_conv(grad: torch.Tensor, x: torch.Tensor, stride: tuple) -> bool:
     """Whether :func:`_weight_grad_as_conv` applies (stride 1, big batch, map of 6-16 pixels a side)."""
-    return (_NNPACK and stride == (1, 1) and x.dtype == torch.float32 and grad.shape[0] >= DW_CONV_MIN_BATCH
+    return (USE_NNPACK and stride == (1, 1) and x.dtype == torch.float32 and grad.shape[0] >= DW_CONV_MIN_BATCH
             and grad.shape[2] in DW_CONV_SIDES and grad.shape[3] in DW_CONV_SIDES)
 
 
@@ -609,7 +631,7 @@ class Conv2dSequence(torch.autograd.Function):
             out = _conv_step(x, weight, bias, (stride, padding, (1, 1), 1))
         elif _winograd(x, weight, stride, padding):
             out = torch.ops.aten._nnpack_spatial_convolution(x, weight, bias, list(padding), list(stride))
-        elif winograd.applies(x, weight, stride, padding):  # small batches (SLTT's steps)
+        elif _winograd_f23(x, weight, stride, padding):  # small batches (SLTT's steps)
             # the transformed kernels derive from the weight alone (like the weight, not counted
             # as a saved activation); the input gradient reuses them
             ctx.kernels = winograd.transformed(weight)
