@@ -425,16 +425,16 @@ _NNPACK = torch._nnpack_available()
 CPU_CAPABILITY = torch.backends.cpu.get_cpu_capability()
 #: Whether NNPACK's kernels (:func:`_winograd`, :func:`_weight_grad_as_conv`) are taken at all.
 #: NNPACK's kernels stop at AVX2, while oneDNN's direct convolutions use AVX-512 where the CPU
-#: has it; the thresholds above were measured on AVX2 machines. On a 2-core AVX-512 (and AMX)
-#: Xeon, 330 GFLOP/s fp32 matmul, VGG-11 at batch 8, T = 6, interleaved in one process: BPTT
-#: took 0.835× the time without NNPACK and forward-only inference 0.786× (with
+#: has it; the thresholds above were measured on earlier machines, where NNPACK won. On a 2-core
+#: AVX-512 (and AMX) Xeon, 330 GFLOP/s fp32 matmul, VGG-11 at batch 8, T = 6, interleaved in one
+#: process: BPTT took 0.835× the time without NNPACK and forward-only inference 0.786× (with
 #: :data:`WINOGRAD_MAX_BATCH` too); SLTT and SLTT-K (K = 1) were unchanged (1.005×, 0.993×)
 USE_NNPACK = _NNPACK and CPU_CAPABILITY != "AVX512"
 #: samples from which a forward or input gradient that F(2×2, 3×3) applies to
 #: (:func:`winograd.applies`) takes oneDNN instead (None: no limit). On AVX-512, oneDNN's
 #: direct kernels are the faster from 16 samples (forward-only inference above; SLTT-K's
-#: no-grad steps 0.97×); at SLTT's 8 it was a tie. On AVX2 F(2×2, 3×3) beat oneDNN at every
-#: batch NNPACK does not take (docs/performance.md, "Kernels")
+#: no-grad steps 0.97×); at SLTT's 8 it was a tie. On the earlier machines F(2×2, 3×3) beat
+#: oneDNN at every batch NNPACK does not take (docs/performance.md, "Kernels")
 WINOGRAD_MAX_BATCH = 16 if CPU_CAPABILITY == "AVX512" else None
 
 
