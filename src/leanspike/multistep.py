@@ -422,7 +422,7 @@ def _winograd(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tup
 
 _NNPACK = torch._nnpack_available()
 #: the widest vector instructions PyTorch's CPU kernels use on this machine ("AVX2", "AVX512", ...)
-CPU_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+CPU_CAPABILITY = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
 #: Whether NNPACK's kernels (:func:`_winograd`, :func:`_weight_grad_as_conv`) are taken at all.
 #: NNPACK's kernels stop at AVX2, while oneDNN's direct convolutions use AVX-512 where the CPU
 #: has it; the thresholds above were measured on earlier machines, where NNPACK won. On a 2-core
