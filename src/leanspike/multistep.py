@@ -443,6 +443,8 @@ def _winograd_f23(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding:
     F(2×2, 3×3) (:mod:`leanspike.winograd`): where it applies, below :data:`WINOGRAD_MAX_BATCH`."""
     return ((WINOGRAD_MAX_BATCH is None or x.shape[0] < WINOGRAD_MAX_BATCH)
             and winograd.applies(x, weight, stride, padding))
+
+
 #: in_channels·kh·kw below which a convolution runs as one matrix product over the unfolded
 #: input (:func:`_conv_step`): oneDNN pads few input channels to a whole block; the first layer
 #: on 2-channel events, batch 8: 1.0 ms against 5.5 ms for oneDNN and 6.6 ms for oneDNN channels-last
