@@ -211,10 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\n".join(pool_lines))
     from leanspike.experiments.logs import write_json
+    from leanspike.measure import cpu_description
 
     write_json(Path(args.out), {
         "command": "python bench/conv_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
+        "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__, **cpu_description(),
         "python": platform.python_version(), "rows": rows, "summary": summary, "table": "\n".join(lines),
         "pool_rows": pools, "pool_table": "\n".join(pool_lines)})
     print(f"wrote {args.out}")

@@ -24,6 +24,7 @@ import torch
 
 from leanspike import BPTT, SLTT, SLTTK, multistep
 from leanspike.experiments.logs import write_json
+from leanspike.measure import cpu_description
 from leanspike.models.registry import REFERENCE, build_model
 
 METHODS = {"bptt": BPTT, "sltt": SLTT, "sltt-k1": lambda: SLTTK(1, generator=torch.Generator().manual_seed(0))}
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for name, batch in specs for row in measure(name, batch, args.T, methods, args.rounds)]
     write_json(Path(args.out), dict(command="python " + " ".join(["bench/engine_paths.py", *sys.argv[1:]]),
                                     threads=args.threads, torch=torch.__version__, machine=platform.machine(),
-                                    python=platform.python_version(), rows=rows))
+                                    **cpu_description(), python=platform.python_version(), rows=rows))
     print(f"wrote {args.out}")
     return 0
 

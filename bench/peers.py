@@ -544,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         v = "n/a" if t["value"] is None else f"{t['value']:.3f}"
         met = "" if t["met"] is None else ("met" if t["met"] else "NOT MET")
         print(f"{t['target']:<64} {v:>7}  (≤ {t['limit']})  {met}")
+    from leanspike.experiments.logs import write_json  # not at the top: peers' worker processes stay lean
+    from leanspike.measure import cpu_description
     payload = {
         "command": "python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": f"vgg11 (per-step BN, dropout 0.3), input [T, {args.batch}, 2, 48, 48] binary, 10 classes",
@@ -554,10 +556,10 @@ def main(argv: list[str] | None = None) -> int:
         "memory_iterations": args.memory_iterations,
         "matmul_gflops": gflops, "conv_forward_gflop_per_step": 2 * macs / 1e9,
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        **cpu_description(),
         "versions": _versions(), "setups": {k: v[0] for k, v in SETUPS.items() if k in setups},
         "rows": rows, "targets": targets, "table": table,
     }
-    from leanspike.experiments.logs import write_json  # not at the top: peers' worker processes stay lean
 
     write_json(out, payload)  # atomic: a stopped run leaves the old file whole
     print(f"wrote {out}")

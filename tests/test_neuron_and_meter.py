@@ -169,3 +169,17 @@ def test_time_iterations_reports_median():
     timing = time_iterations(lambda: calls.append(1), warmup=2, iterations=3)
     assert len(calls) == 5 and len(timing.times_s) == 3
     assert timing.median_s == sorted(timing.times_s)[1]
+
+
+def test_cpu_description_names_the_cpu_and_its_vector_instructions():
+    """Results record which CPU made them (kernel picks follow its vector instructions), and a
+    run's environment record carries the same two fields."""
+    from leanspike import multistep
+    from leanspike.experiments.logs import environment
+    from leanspike.measure import cpu_description
+
+    info = cpu_description()
+    assert set(info) == {"cpu", "cpu_capability"} and all(isinstance(v, str) and v for v in info.values())
+    assert info["cpu_capability"] == multistep.CPU_CAPABILITY
+    env = environment(torch.device("cpu"), 1, None)
+    assert env["cpu"] == info["cpu"] and env["cpu_capability"] == info["cpu_capability"]

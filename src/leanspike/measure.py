@@ -131,6 +131,23 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def cpu_description() -> dict[str, str]:
+    """The CPU's model name and the vector instructions PyTorch's kernels use on it: timings
+    and kernel picks differ between machines with the same core count (NNPACK against oneDNN
+    flips with AVX-512), so results record both."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    get = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    return {"cpu": model, "cpu_capability": get() if get is not None else "unknown"}
+
+
 def cuda_peak_bytes(device: torch.device | str | None = None) -> int | None:
     """``torch.cuda.max_memory_allocated`` when CUDA is in use, else None."""
     if not torch.cuda.is_available():

@@ -22,6 +22,7 @@ import torch
 
 from ..checkpoint import atomic_write_text
 from ..errors import UserError
+from ..measure import cpu_description
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -101,6 +102,7 @@ def environment(device: torch.device, world_size: int, backend: str | None) -> d
         "torch": torch.__version__,
         "platform": platform.platform(),
         "machine": platform.machine(),
+        **cpu_description(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
