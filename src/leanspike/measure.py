@@ -144,8 +144,13 @@ def cpu_description() -> dict[str, str]:
                     break
     except OSError:
         pass
+    return {"cpu": model, "cpu_capability": cpu_capability()}
+
+
+def cpu_capability() -> str:
+    """The widest vector instructions PyTorch's CPU kernels use here ("AVX2", "AVX512", ...)."""
     get = getattr(torch.backends.cpu, "get_cpu_capability", None)
-    return {"cpu": model, "cpu_capability": get() if get is not None else "unknown"}
+    return get() if get is not None else "unknown"
 
 
 def cuda_peak_bytes(device: torch.device | str | None = None) -> int | None:

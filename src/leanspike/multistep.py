@@ -45,6 +45,7 @@ from torch.autograd.function import once_differentiable
 from . import norm_lif, pooling, winograd
 from .compact import mark_binary, mark_derived
 from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, is_step_norm, norm_sequence, step_norm_forward
+from .measure import cpu_capability
 from .neuron import LIF, Dynamics, lif_backward, lif_forward
 
 #: modules that treat every sample on its own: they run on ``[t·B, ...]`` unchanged
@@ -422,7 +423,7 @@ def _winograd(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tup
 
 _NNPACK = torch._nnpack_available()
 #: the widest vector instructions PyTorch's CPU kernels use on this machine ("AVX2", "AVX512", ...)
-CPU_CAPABILITY = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+CPU_CAPABILITY = cpu_capability()
 #: Whether NNPACK's kernels (:func:`_winograd`, :func:`_weight_grad_as_conv`) are taken at all.
 #: NNPACK's kernels stop at AVX2, while oneDNN's direct convolutions use AVX-512 where the CPU
 #: has it; the thresholds above were measured on earlier machines, where NNPACK won. On a 2-core
