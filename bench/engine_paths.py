@@ -1,14 +1,17 @@
-"""The engine's two paths side by side: every interval layer by layer (the default where the
-model allows it) against step by step, per model, batch and method.
+"""Two settings of the engine side by side, per model, batch and method: by default its two
+paths (every interval layer by layer, the default where the model allows it, against step by
+step); with ``--compare cpu-rules``, the convolution kernels this CPU gets against the rules of
+the earlier machines (NNPACK wherever it applies, F(2×2, 3×3) at every batch it applies to).
 
     python bench/engine_paths.py                                 # VGG-11, AlexNet, LeNet-1, spiking CNN
     python bench/engine_paths.py --models lenet1:128 alexnet:32 --methods bptt,sltt --rounds 12
+    python bench/engine_paths.py --compare cpu-rules             # writes bench/results/kernel_rules.json
 
 Each model gets its reference input (binary frames, 30% ones, ``models.registry.REFERENCE``) and
-trains in one process with the two paths interleaved round by round (the order alternating), so
-that the machine's drift hits both alike; the median of each path's rounds after the first two
-is kept. Prints a table and writes bench/results/engine_paths.json. The layer-by-layer path
-also keeps less for backward; `bench/memory_vs_T.py` measures that.
+trains in one process with the two settings interleaved round by round (the order alternating),
+so that the machine's drift hits both alike; the median of each setting's rounds after the first
+two is kept. Prints a table and writes bench/results/engine_paths.json (kernel_rules.json). The
+layer-by-layer path also keeps less for backward; `bench/memory_vs_T.py` measures that.
 """
 
 from __future__ import annotations
@@ -31,7 +34,17 @@ METHODS = {"bptt": BPTT, "sltt": SLTT, "sltt-k1": lambda: SLTTK(1, generator=tor
 DEFAULT_MODELS = ["vgg11:8", "alexnet:32", "lenet1:128", "spiking_cnn:128"]
 
 
-def measure(name: str, batch: int, T: int, methods: list[str], rounds: int) -> list[dict]:
+#: what ``--compare`` interleaves: a baseline and a candidate, each a name and the ``multistep``
+#: switches it sets (the ratio is candidate / baseline)
+COMPARISONS = {
+    "paths": (("step by step", {"ENABLED": False}), ("layer by layer", {"ENABLED": True})),
+    "cpu-rules": (("earlier rules", {"USE_NNPACK": torch._nnpack_available(), "WINOGRAD_MAX_BATCH": None}),
+                  ("this CPU's rules", {"USE_NNPACK": multistep.USE_NNPACK,
+                                        "WINOGRAD_MAX_BATCH": multistep.WINOGRAD_MAX_BATCH})),
+}
+
+
+def measure(name: str, batch: int, T: int, methods: list[str], rounds: int, compare: str = "paths") -> list[dict]:
     ref = REFERENCE[name]
     size = ref.input_size if isinstance(ref.input_size, int) else ref.input_size[0]
     torch.manual_seed(0)
@@ -39,24 +52,29 @@ def measure(name: str, batch: int, T: int, methods: list[str], rounds: int) -> l
     x = (torch.rand(T, batch, ref.in_channels, size, size) < 0.3).float()
     y = torch.randint(0, ref.num_classes, (batch,))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    settings = COMPARISONS[compare]
+    saved = {key: getattr(multistep, key) for _, switches in settings for key in switches}
     rows = []
     for method_name in methods:
         method = METHODS[method_name]()
-        times: dict[bool, list[float]] = {True: [], False: []}
+        times: list[list[float]] = [[], []]
         try:
             for r in range(rounds):
-                for layered in ((True, False) if r % 2 else (False, True)):
-                    multistep.ENABLED = layered
+                for i in ((1, 0) if r % 2 else (0, 1)):
+                    for key, value in settings[i][1].items():
+                        setattr(multistep, key, value)
                     t0 = time.perf_counter()
                     method.train_step(model, x, y, optimizer)
-                    times[layered].append(time.perf_counter() - t0)
+                    times[i].append(time.perf_counter() - t0)
         finally:
-            multistep.ENABLED = True
-        step, layer = (statistics.median(times[k][2:]) for k in (False, True))
-        rows.append(dict(model=name, batch=batch, T=T, method=method_name, step_by_step_s=step,
-                         layer_by_layer_s=layer, ratio=layer / step, rounds=rounds))
-        print(f"{name:12s} {batch:5d} {T:3d} {method_name:8s} {step * 1e3:10.1f} {layer * 1e3:10.1f} "
-              f"{layer / step:7.3f}", flush=True)
+            for key, value in saved.items():
+                setattr(multistep, key, value)
+        base, cand = (statistics.median(t[2:]) for t in times)
+        rows.append(dict(model=name, batch=batch, T=T, method=method_name, compare=compare,
+                         baseline=settings[0][0], baseline_s=base, candidate=settings[1][0], candidate_s=cand,
+                         ratio=cand / base, rounds=rounds))
+        print(f"{name:12s} {batch:5d} {T:3d} {method_name:8s} {base * 1e3:16.1f} {cand * 1e3:16.1f} "
+              f"{cand / base:7.3f}", flush=True)
     return rows
 
 
@@ -67,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--T", type=int, default=6)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "engine_paths.json"))
+    p.add_argument("--compare", default="paths", choices=sorted(COMPARISONS),
+                   help="paths: layer by layer against step by step; cpu-rules: this CPU's kernel rules "
+                        "against the earlier machines' (the same rules where the CPU has no AVX-512)")
+    p.add_argument("--out", help="JSON file (default bench/results/engine_paths.json, kernel_rules.json for cpu-rules)")
     args = p.parse_args(argv)
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS]
@@ -82,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 3:
         p.error(f"--rounds must be at least 3 (the first two are warm-up), got {args.rounds}")
     torch.set_num_threads(args.threads)
-    print(f"{'model':12s} {'batch':>5s} {'T':>3s} {'method':8s} {'step ms':>10s} {'layer ms':>10s} {'ratio':>7s}")
-    rows = [row for name, batch in specs for row in measure(name, batch, args.T, methods, args.rounds)]
-    write_json(Path(args.out), dict(command="python " + " ".join(["bench/engine_paths.py", *sys.argv[1:]]),
-                                    threads=args.threads, torch=torch.__version__, machine=platform.machine(),
-                                    **cpu_description(), python=platform.python_version(), rows=rows))
-    print(f"wrote {args.out}")
+    (base, _), (cand, _) = COMPARISONS[args.compare]
+    out = Path(args.out or Path(__file__).parent / "results" /
+               ("engine_paths.json" if args.compare == "paths" else "kernel_rules.json"))
+    print(f"{'model':12s} {'batch':>5s} {'T':>3s} {'method':8s} {base + ' ms':>16s} {cand + ' ms':>16s} {'ratio':>7s}")
+    rows = [row for name, batch in specs for row in measure(name, batch, args.T, methods, args.rounds, args.compare)]
+    command = "python " + " ".join(["bench/engine_paths.py", *(argv if argv is not None else sys.argv[1:])])
+    write_json(out, dict(command=command, threads=args.threads, torch=torch.__version__, machine=platform.machine(),
+                         **cpu_description(), python=platform.python_version(), rows=rows))
+    print(f"wrote {out}")
     return 0
 
 
