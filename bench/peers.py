@@ -504,13 +504,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in setups if s not in SETUPS]
     if unknown:
         p.error(f"unknown setups {unknown}; known: {', '.join(SETUPS)}")
-    gflops = matmul_gflops(device)
     if args.batch < 1:
         p.error(f"--batch must be a positive integer, got {args.batch}")
     if args.memory_iterations is None:
         args.memory_iterations = args.iterations
     if min(args.iterations, args.memory_iterations) < 1 or args.warmup < 0:
         p.error("--iterations and --memory-iterations must be >= 1 and --warmup >= 0")
+    gflops = matmul_gflops(device)  # after the checks: bad arguments fail before any measuring
     macs = conv_macs_per_step(args.batch)
     where = torch.cuda.get_device_name(device) if cuda else f"{args.threads} threads"
     print(f"fp32 matmul: {gflops:.0f} GFLOP/s on {where}; "
