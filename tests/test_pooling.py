@@ -13,6 +13,7 @@ TILED = [  # (shape, kernel, ceil_mode, divisor_override)
     ((2, 3, 8, 6), [2, 3], True, None),  # ceil_mode with whole windows only
     ((2, 3, 8, 7), [2, 2], False, 3),
     ((5, 2, 2, 2), [2, 2], False, None),
+    ((2, 3, 4, 5), [1, 1], False, None),  # one-element windows: a copy
 ]
 
 
@@ -25,7 +26,9 @@ def test_window_average_is_avg_pool2d_bit_for_bit(shape, kernel, ceil, divisor, 
     assert pooling.tiles(x, args)
     ref = F.avg_pool2d(x, *args)
     out = pooling.avg_pool2d(x, args)
-    assert out.shape == ref.shape and torch.equal(out, ref)
+    assert out.shape == ref.shape and torch.equal(out, ref) and out.is_contiguous()
+    channels_last = pooling.avg_pool2d(x.contiguous(memory_format=torch.channels_last), args)
+    assert torch.equal(channels_last, ref) and channels_last.is_contiguous()
 
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
     x_ref, x_new = x.clone().requires_grad_(), x.clone().requires_grad_()

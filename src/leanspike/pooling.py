@@ -52,12 +52,14 @@ def window_average(x: torch.Tensor, args: PoolArgs) -> torch.Tensor:
     (row-major, like the kernel), divided once."""
     kh, kw = args[0]
     ho, wo = x.shape[2] // kh, x.shape[3] // kw
-    total = None
-    for a in range(kh):
-        for b in range(kw):
-            view = x[..., a:a + ho * kh:kh, b:b + wo * kw:kw]
-            total = view.clone(memory_format=torch.contiguous_format) if total is None else total.add_(view)
-    assert total is not None
+    views = [x[..., a:a + ho * kh:kh, b:b + wo * kw:kw] for a in range(kh) for b in range(kw)]
+    total = views[0].new_empty(views[0].shape)  # contiguous, whatever x's layout
+    if len(views) > 1:  # the first addition writes it (rather than a copy of the first view, then an addition)
+        torch.add(views[0], views[1], out=total)
+    else:
+        total.copy_(views[0])
+    for view in views[2:]:
+        total.add_(view)
     return total.div_(_divisor(args))
 
 
