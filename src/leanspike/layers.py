@@ -42,14 +42,9 @@ def step_norm_forward(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm,
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     stats = out.new_empty((2, steps, channels), dtype=bn.weight.dtype if bn.weight is not None else x.dtype)
     track = bn.training and bn.track_running_stats
-    counted = track and bn.num_batches_tracked is not None
-    if counted and bn.momentum is not None:  # one addition instead of T (a kernel each on a GPU)
-        bn.num_batches_tracked.add_(steps)  # type: ignore[union-attr]
+    factors = running_factors(bn, steps)
     for t in range(steps):
-        factor = 0.0 if bn.momentum is None else bn.momentum
-        if counted and bn.momentum is None:  # cumulative average: step t's weight is 1 / its count
-            bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]
-            factor = 1.0 / float(bn.num_batches_tracked)  # type: ignore[arg-type]
+        factor = factors[t] if factors else 0.0
         running = (bn.running_mean, bn.running_var) if track else (None, None)
         # contiguous: on the CPU the ``.out`` kernel misreads other layouts (channels-last,
         # transposed, stride-0 views) and then leaves the statistics unwritten
@@ -57,6 +52,39 @@ def step_norm_forward(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm,
                                             *running, True, factor, bn.eps, out=out[t], save_mean=stats[0, t],
                                             save_invstd=stats[1, t])
     return out, stats[0], stats[1]
+
+
+def running_factors(bn: nn.modules.batchnorm._BatchNorm, steps: int) -> list[float] | None:
+    """The momentum each of ``steps`` training calls of ``bn`` updates its running statistics
+    with, counting them in ``num_batches_tracked`` as those calls would; None when ``bn``
+    keeps no running statistics (or is not training)."""
+    if not (bn.training and bn.track_running_stats):
+        return None
+    counted = bn.num_batches_tracked is not None
+    if bn.momentum is not None:
+        if counted:
+            bn.num_batches_tracked.add_(steps)  # type: ignore[union-attr]  # one addition instead of T
+        return [bn.momentum] * steps
+    factors = []
+    for _ in range(steps):  # cumulative average: step t's weight is 1 / its count
+        if counted:
+            bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        factors.append(1.0 / float(bn.num_batches_tracked) if counted else 0.0)  # type: ignore[arg-type]
+    return factors
+
+
+def update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: torch.Tensor,
+                         count: int) -> None:
+    """Update ``bn``'s running statistics as one training call per step would, from each step's
+    batch ``mean`` and biased ``var`` (``[T, C]``) over ``count`` values per channel."""
+    factors = running_factors(bn, mean.shape[0])
+    if factors is None:
+        return
+    unbiased = var * (count / (count - 1))
+    with torch.no_grad():
+        for t, factor in enumerate(factors):
+            bn.running_mean.mul_(1 - factor).add_(mean[t], alpha=factor)  # type: ignore[union-attr]
+            bn.running_var.mul_(1 - factor).add_(unbiased[t], alpha=factor)  # type: ignore[union-attr]
 
 
 def step_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor,

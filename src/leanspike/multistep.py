@@ -42,11 +42,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import norm_lif, pooling, winograd
+from . import lif_compiled, norm_lif, pooling, winograd
 from .compact import mark_binary, mark_derived
-from .layers import Scale, SequenceDropout, WSConv2d, WSLinear, is_step_norm, norm_sequence, step_norm_forward
+from .layers import (Scale, SequenceDropout, WSConv2d, WSLinear, is_step_norm, norm_sequence, step_norm_forward,
+                     update_running_stats)
 from .measure import cpu_capability
-from .neuron import LIF, Dynamics, lif_backward, lif_forward
+from .neuron import LIF, Dynamics, compiled_lif_enabled, lif_backward, lif_forward, lif_potentials
 
 #: modules that treat every sample on its own: they run on ``[t·B, ...]`` unchanged
 _SAMPLEWISE = {cls.forward for cls in (
@@ -251,6 +252,15 @@ def _conv_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     return grad_w, grads[1], rows[0].sum(0) if mask[1] else None, rows[1].sum(0) if mask[2] else None
 
 
+def _conv_steps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conf: tuple) -> torch.Tensor:
+    """The conv of every step of ``x`` ``[T, B, C, H, W]``, one step at a time (as the forward
+    and the recomputation in backward both call it: the same values)."""
+    out = x.new_empty((x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, conf)))
+    for t in range(x.shape[0]):
+        out[t] = _conv_step(x[t], weight, bias, conf)
+    return out
+
+
 def _conv_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conf: tuple,
                        bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``StepNorm(conv(x))`` over ``[T, B, ...]``, one step of the conv output at a time:
@@ -294,8 +304,17 @@ class InputConvNormLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, bn_weight, bn_bias, carry, conf: tuple, bn: nn.Module,  # type: ignore[override]
                 dyn: Dynamics):
-        y, mean, invstd = _conv_norm_forward(x, weight, bias, conf, bn)
-        spikes, last = lif_forward(y, carry, dyn)
+        ctx.compiled = (compiled_lif_enabled() and bn_weight is not None and bn_bias is not None
+                        and lif_compiled.norm_usable(x))
+        if ctx.compiled:  # the norm and the LIF as one compiled loop over the conv's output
+            z = _conv_steps(x, weight, bias, conf)
+            _, spikes, last, mean, var, invstd = lif_compiled.norm_lif_forward(z, bn_weight, bn_bias, carry, bn.eps,
+                                                                               dyn, want_y=False)
+            update_running_stats(bn, mean, var, z[0].numel() // z.shape[2])
+            del z
+        else:
+            y, mean, invstd = _conv_norm_forward(x, weight, bias, conf, bn)
+            spikes, last = lif_forward(y, carry, dyn)
         ctx.save_for_backward(x, weight, bias, bn_weight, bn_bias, carry, mean, invstd)
         ctx.conf, ctx.eps, ctx.dyn = conf, bn.eps, dyn
         ctx.set_materialize_grads(False)
@@ -307,6 +326,14 @@ class InputConvNormLIF(torch.autograd.Function):
         x, weight, bias, bn_weight, bn_bias, carry, mean, invstd = ctx.saved_tensors
         dyn: Dynamics = ctx.dyn
         need = ctx.needs_input_grad
+        if ctx.compiled and not (dyn.reset == "hard" and dyn.temporal_routes):
+            grad_z, grad_bn_w, grad_bn_b, grad_first = lif_compiled.norm_lif_backward(
+                _conv_steps(x, weight, bias, ctx.conf), grad_spikes, grad_last, carry, bn_weight, bn_bias, invstd,
+                dyn, mean=mean)
+            _, grad_w, grad_b = _conv_step_backward(grad_z.flatten(0, 1), x.flatten(0, 1), weight, bias is not None,
+                                                    ctx.conf, [False, need[1], need[2]])
+            return (None, grad_w, grad_b, grad_bn_w if need[3] else None, grad_bn_b if need[4] else None,
+                    grad_first if need[5] and dyn.temporal_routes else None, None, None, None)
         y = x.new_empty((x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, ctx.conf)))
         step_stats = mean.new_empty((2, mean.shape[1]))  # the same statistics again; the saved ones are used
         for t in range(x.shape[0]):
@@ -315,9 +342,10 @@ class InputConvNormLIF(torch.autograd.Function):
                                                 save_mean=step_stats[0], save_invstd=step_stats[1])
         # the forward's u, bit for bit, written over y step by step; then dL/du (= dL/dy, as
         # u = carry + y) over u: one buffer of T steps besides the incoming gradient
-        lif_forward(y, carry, dyn, y, torch.empty_like(y[0]).expand_as(y))
-        grad_u = lif_backward(y, grad_spikes, grad_last, dyn, overwrite=True)
+        _, u, _ = lif_potentials(y, carry, dyn, want_spikes=False, potentials=y)
         del y
+        grad_u = lif_backward(u, grad_spikes, grad_last, dyn, overwrite=True)
+        del u
         grad_carry = grad_u[0].clone() if need[5] and dyn.temporal_routes else None
         wanted = (need[1], need[2], bn_weight is not None and need[3], bn_bias is not None and need[4])
         return (None, *_conv_norm_backward(grad_u, x, weight, bias, bn_weight, mean, invstd, ctx.conf, ctx.eps,

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from . import lif_compiled
 from .compact import mark_binary
-from .layers import check_norm_sequence, is_step_norm, step_norm_backward, step_norm_forward
-from .neuron import LIF, Dynamics, lif_backward, lif_forward
+from .layers import check_norm_sequence, is_step_norm, step_norm_backward, step_norm_forward, update_running_stats
+from .neuron import LIF, Dynamics, compiled_lif_enabled, lif_backward, lif_forward, lif_potentials
 
 #: largest ``|β| / |γ|`` of any channel for which the norm's input is rebuilt from its output
 MAX_SHIFT_RATIO = 8.0
@@ -63,8 +64,13 @@ class NormLIF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, carry, bn, dyn: Dynamics):  # type: ignore[override]
-        y, mean, invstd = step_norm_forward(x, bn)
-        spikes, last = lif_forward(y, carry, dyn)
+        ctx.compiled = compiled_lif_enabled() and lif_compiled.norm_usable(x)
+        if ctx.compiled:  # the pair as one compiled loop; the running statistics as T calls update them
+            y, spikes, last, mean, var, invstd = lif_compiled.norm_lif_forward(x, weight, bias, carry, bn.eps, dyn)
+            update_running_stats(bn, mean, var, x[0].numel() // x.shape[2])
+        else:
+            y, mean, invstd = step_norm_forward(x, bn)
+            spikes, last = lif_forward(y, carry, dyn)
         ctx.save_for_backward(y, carry, weight, bias, invstd)
         ctx.dyn, ctx.eps = dyn, bn.eps
         ctx.set_materialize_grads(False)
@@ -76,9 +82,13 @@ class NormLIF(torch.autograd.Function):
         y, carry, weight, bias, invstd = ctx.saved_tensors
         dyn: Dynamics = ctx.dyn
         need = ctx.needs_input_grad
-        potentials = torch.empty_like(y)
-        one_step = torch.empty_like(y[0]).expand_as(y)  # the recomputed spikes are not needed: one step's buffer
-        lif_forward(y, carry, dyn, potentials, one_step)  # the forward's u, bit for bit
+        if ctx.compiled and not (dyn.reset == "hard" and dyn.temporal_routes):
+            grad_x, grad_w, grad_b, grad_first = lif_compiled.norm_lif_backward(y, grad_spikes, grad_last, carry,
+                                                                                weight, bias, invstd, dyn)
+            grad_carry = grad_first if need[3] and dyn.temporal_routes else None
+            return (grad_x if need[0] else None, grad_w if need[1] else None, grad_b if need[2] else None,
+                    grad_carry, None, None)
+        _, potentials, _ = lif_potentials(y, carry, dyn, want_spikes=False)  # the forward's u, bit for bit
         grad_u = lif_backward(potentials, grad_spikes, grad_last, dyn)  # = dL/dy (u = carry + y)
         grad_carry = grad_u[0].clone() if need[3] and dyn.temporal_routes else None
         # x − mean = (y − β) / (γ · invstd) = y·r − β·r with r = 1 / (γ · invstd), step by step in u's buffer

@@ -50,6 +50,7 @@ from .experiments.build import (DataBundle, build_method, build_model, build_opt
 from .experiments.logs import CONFIG, ENVIRONMENT, SUMMARY, MetricsLog, environment, write_json
 from .measure import SavedTensorMeter, cuda_peak_bytes, peak_rss_bytes, reset_cuda_peak, reset_peak_rss
 from .methods import Method, SLTTK, TruncatedLocalBPTT
+from .neuron import compiled_lif
 from .state import reset_states
 
 METHOD_NAMES = C.METHODS
@@ -635,7 +636,8 @@ def train(cfg: TrainConfig | ExperimentConfig, *, out: str | Path | None = None,
         return _finished_summary(out_path / SUMMARY)
     owns_group = dist_utils.env_world_size() > 1 and not _dist_initialized()
     try:
-        return _Run(cfg, out_path, resume, progress, metered_iterations).run()
+        with compiled_lif(cfg.compile_lif):  # the config decides for the run, then the caller's setting again
+            return _Run(cfg, out_path, resume, progress, metered_iterations).run()
     finally:
         if owns_group:
             dist_utils.shutdown()

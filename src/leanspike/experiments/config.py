@@ -118,6 +118,7 @@ class ExperimentConfig:
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
     amp: bool = True  # mixed precision, used on CUDA only
     amp_dtype: str = "float16"
+    compile_lif: bool = False  # CPU: LIF loops (and norm + LIF pairs) compiled by torch.compile; needs a C++ compiler
     max_batches: Optional[int] = None  # cap on training batches per epoch (smoke runs)
     eval_every: int = 1
     init_from: Optional[str] = None  # a checkpoint file or run folder to start from
