@@ -5,6 +5,8 @@
     python bench/peers.py --device cuda         # the same on a GPU (writes peers_cuda.json)
     python bench/peers.py --device cuda --batch 128 --out bench/results/peers_cuda_b128.json
                                                 # the SLTT paper's batch size (the targets assume 8)
+    python bench/peers.py --Ts 6,10 --compile-lif --warmup 8 --out bench/results/peers_compiled.json
+                                                # leanspike with its compiled CPU loops (opt-in)
 
 The peers come from the optional ``bench`` extra (``pip install -e .[bench]`` and
 ``pip install --no-deps spikingjelly==2.0.0``); a setup whose library is missing is
@@ -401,7 +403,8 @@ def run_worker(setup: str, T: int, args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--worker", setup, "--T", str(T), "--threads", str(args.threads),
            "--warmup", str(args.warmup), "--iterations", str(args.iterations), "--device", args.device,
-           "--batch", str(args.batch), "--memory-iterations", str(args.memory_iterations)]
+           "--batch", str(args.batch), "--memory-iterations", str(args.memory_iterations)] \
+        + (["--compile-lif"] if args.compile_lif else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"setup": setup, "T": T, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
@@ -485,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=BATCH,
                    help=f"samples per batch (default {BATCH}, the issue's setup; the targets assume it)")
     p.add_argument("--out", help="JSON file (default bench/results/peers.json, peers_cuda.json on cuda)")
+    p.add_argument("--compile-lif", action="store_true",
+                   help="leanspike's setups with leanspike.compile_lif() (CPU: LIF and norm + LIF loops compiled "
+                        "by torch.compile; give a few more --warmup iterations: the first compiles)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--T", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -494,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if args.worker:
+        if args.compile_lif and SETUPS[args.worker][1] == "leanspike":
+            from leanspike import compile_lif
+
+            compile_lif()
         print(json.dumps(worker(args.worker, args.T, args.warmup, args.iterations, device, args.batch,
                                 args.memory_iterations)))
         return 0
@@ -553,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         "neuron": {"decay": DECAY, "v_threshold": V_TH, "reset": "subtract", "surrogate": f"sigmoid alpha={ALPHA}"},
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup, "iterations": args.iterations,
-        "memory_iterations": args.memory_iterations,
+        "memory_iterations": args.memory_iterations, "compile_lif": args.compile_lif,
         "matmul_gflops": gflops, "conv_forward_gflop_per_step": 2 * macs / 1e9,
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
         **cpu_description(),
