@@ -109,8 +109,10 @@ def _triton_device(index: int) -> bool:
     return torch.version.hip is not None or torch.cuda.get_device_capability(index) >= (7, 0)
 
 
-def _kernels_for(tensor: torch.Tensor) -> ModuleType | None:
-    if COMPILE_CPU and tensor.device.type == "cpu":
+def _kernels_for(tensor: torch.Tensor, compiled: bool = True) -> ModuleType | None:
+    if tensor.device.type == "cpu":
+        if not (compiled and COMPILE_CPU):
+            return None
         return lif_compiled if lif_compiled.usable(tensor) else None
     if not (USE_TRITON and tensor.is_cuda):
         return None
@@ -148,17 +150,18 @@ def _next_carry(u: torch.Tensor, s: torch.Tensor, dyn: Dynamics) -> torch.Tensor
 
 
 def lif_forward(currents: torch.Tensor, carry: torch.Tensor | None, dyn: Dynamics,
-                potentials: torch.Tensor | None = None,
-                spikes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                potentials: torch.Tensor | None = None, spikes: torch.Tensor | None = None,
+                compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``[T, ...]`` currents from ``carry`` (None: rest); return spikes and the last carry.
 
     ``potentials``, when given (shaped like ``currents``), receives every ``u[t]``. ``spikes``
     is where the tensor path writes the spikes, step by step (default: a new tensor; a
     caller that wants only ``u`` may pass one step's buffer expanded over T, or better
     call :func:`lif_potentials`); the kernels make their own, so use the returned spikes.
+    ``compiled=False``: not the compiled CPU loops even when :func:`compile_lif` is on.
     No autograd graph is built: callers run it under ``no_grad`` or inside a Function.
     """
-    kernels = _kernels_for(currents)
+    kernels = _kernels_for(currents, compiled)
     if kernels is not None and (carry is None or carry.shape == currents.shape[1:]) \
             and (potentials is None or potentials.is_contiguous()):
         if kernels is lif_compiled:
@@ -357,6 +360,7 @@ class LIF(Stateful):
         if torch.is_grad_enabled() and (currents.requires_grad or (carry is not None and carry.requires_grad)):
             spikes, self.carry = LIFSequence.apply(currents, carry, self.dynamics())
         else:
-            with torch.no_grad():
-                spikes, self.carry = lif_forward(currents, carry, self.dynamics())
+            with torch.no_grad():  # not compiled: no-grad runs (SLTT-K's skipped steps) vary in length,
+                # and every new length would compile anew, for no gain (forward only: 0.99×)
+                spikes, self.carry = lif_forward(currents, carry, self.dynamics(), compiled=False)
         return mark_binary(spikes)
