@@ -15,7 +15,7 @@ from torch import nn
 
 from leanspike import BPTT, LIF, Sigmoid, compiled_lif, lif_compiled, multistep, neuron
 from leanspike.errors import UserError
-from leanspike.layers import StepBatchNorm2d
+from leanspike.layers import SequenceDropout, StepBatchNorm2d
 from leanspike.multistep import InputConvNormLIF, run_sequence
 from leanspike.neuron import Dynamics
 from leanspike.norm_lif import NormLIF
@@ -119,22 +119,30 @@ def _same(compiled_run, reference):
         assert (a - b).abs().max() <= 1e-10 * b.abs().max()
 
 
-@pytest.mark.parametrize("reset,routes", [("soft", True), ("soft", False), ("hard", True)])
-def test_norm_lif_gives_the_per_step_modules_gradients(reset, routes, compiled, monkeypatch):
+@pytest.mark.parametrize("reset,routes,dropout", [("soft", True, False), ("soft", False, False), ("hard", True, False),
+                                                   ("soft", True, True), ("hard", True, True)])
+def test_norm_lif_gives_the_per_step_modules_gradients(reset, routes, dropout, compiled, monkeypatch):
+    """With a dropout after the LIF, the compiled loop applies its mask (the same mask: the same
+    draw from the same generator state), in the compiled backward or, for a hard reset with
+    routes, in the tensor path's."""
     calls = []
     forward = lif_compiled.norm_lif_forward
-    monkeypatch.setattr(lif_compiled, "norm_lif_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    monkeypatch.setattr(lif_compiled, "norm_lif_forward",
+                        lambda *a, **k: calls.append(k.get("mask") is not None) or forward(*a, **k))
     results = []
     for how in ("compiled", "modules"):
         bn, lif = _norm_lif(reset, routes)
+        drop = SequenceDropout(0.4) if dropout else nn.Identity()
         x = _currents(torch.float64).requires_grad_()
         c0 = (_currents(torch.float64, 1, seed=1)[0] * 0.5).requires_grad_()
+        torch.manual_seed(11)
         if how == "compiled":
-            results.append(_outcome([bn, lif], x, c0, lambda: run_sequence(nn.Sequential(bn, lif), x)))
+            results.append(_outcome([bn, lif], x, c0, lambda: run_sequence(nn.Sequential(bn, lif, drop), x)))
         else:
             with compiled_lif(False):
-                results.append(_outcome([bn, lif], x, c0, lambda: torch.stack([lif(bn(x[t])) for t in range(T)])))
-    assert calls, "NormLIF did not take the compiled loop"
+                results.append(_outcome([bn, lif], x, c0,
+                                        lambda: torch.stack([drop(lif(bn(x[t]))) for t in range(T)])))
+    assert calls == [dropout], "NormLIF did not take the compiled loop (with the mask)"
     _same(*results)
 
 
@@ -143,7 +151,7 @@ def test_input_conv_norm_lif_gives_the_per_step_modules_gradients(reset, compile
     calls = []
     backward = lif_compiled.norm_lif_backward
     monkeypatch.setattr(lif_compiled, "norm_lif_backward",
-                        lambda *a, mean=None: calls.append(mean is not None) or backward(*a, mean=mean))
+                        lambda *a, mean=None, **k: calls.append(mean is not None) or backward(*a, mean=mean, **k))
     results = []
     for how in ("compiled", "modules"):
         torch.manual_seed(0)
@@ -163,13 +171,15 @@ def test_input_conv_norm_lif_gives_the_per_step_modules_gradients(reset, compile
 
 
 def test_bptt_gradients_are_the_step_by_step_paths(compiled, monkeypatch):
-    """A small CNN (input conv + norm + LIF, pooling, conv + norm + LIF, linear) under BPTT:
-    the compiled loops give the gradients of the plain step-by-step autograd path."""
+    """A small CNN (input conv + norm + LIF + dropout, pooling, conv + norm + LIF + dropout, linear)
+    under BPTT: the compiled loops, which apply the dropout masks themselves, give the gradients
+    of the plain step-by-step autograd path with the same masks."""
     def model():
         torch.manual_seed(0)
         net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), StepBatchNorm2d(4), LIF(decay=0.5, surrogate=Sigmoid(4.0)),
-                            nn.AvgPool2d(2), nn.Conv2d(4, 6, 3, padding=1), StepBatchNorm2d(6),
-                            LIF(decay=0.5, surrogate=Sigmoid(4.0)), nn.Flatten(), nn.Linear(6 * 4, 3)).double()
+                            SequenceDropout(0.3), nn.AvgPool2d(2), nn.Conv2d(4, 6, 3, padding=1), StepBatchNorm2d(6),
+                            LIF(decay=0.5, surrogate=Sigmoid(4.0)), SequenceDropout(0.3), nn.Flatten(),
+                            nn.Linear(6 * 4, 3)).double()
         with torch.no_grad():
             for m in net:
                 if isinstance(m, StepBatchNorm2d):
@@ -180,13 +190,16 @@ def test_bptt_gradients_are_the_step_by_step_paths(compiled, monkeypatch):
     y = torch.tensor([0, 1, 2, 1, 0])
     calls = []
     forward = lif_compiled.norm_lif_forward
-    monkeypatch.setattr(lif_compiled, "norm_lif_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    monkeypatch.setattr(lif_compiled, "norm_lif_forward",
+                        lambda *a, **k: calls.append(k.get("mask") is not None) or forward(*a, **k))
     net = model()
+    torch.manual_seed(7)  # the dropout masks
     grads = BPTT().compute_gradients(net, x, y)
-    assert len(calls) == 2  # both pairs took the compiled loop
+    assert calls == [True, True]  # both pairs took the compiled loop, with their dropout masks
     monkeypatch.setattr(multistep, "ENABLED", False)
     with compiled_lif(False):
         ref_net = model()
+        torch.manual_seed(7)
         ref = BPTT().compute_gradients(ref_net, x, y)
     assert grads.keys() == ref.keys()
     assert all(ref[name].abs().max() > 0 for name in ref if name.endswith("weight"))

@@ -357,9 +357,20 @@ class SequenceDropout(Stateful):
         """``x`` ``[T, B, ...]``: one mask for the whole sequence (same as T calls)."""
         if not self.training or self.p == 0.0:
             return x
+        self.sequence_mask(x)
+        return self._masked(x)
+
+    def sequence_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """The mask for ``x`` ``[T, B, ...]`` (drawn now if this sequence has none yet), for
+        callers that apply it themselves (:func:`leanspike.norm_lif.norm_lif`); training only."""
         if self.mask is None:
             self.mask = self._draw(self.mask_shape(x[0]), x)
-        return self._masked(x)
+        return self.mask
+
+    @property
+    def scale(self) -> torch.Tensor | None:
+        """The value of kept units, ``1/(1 − p)``, once a mask is drawn."""
+        return self._scale
 
 
 class SequenceDropout2d(SequenceDropout):

@@ -218,14 +218,18 @@ def norm_usable(x: torch.Tensor) -> bool:
 
 
 def _norm_lif_forward_graph(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, carry: torch.Tensor | None,
-                            eps: float, decay: float, threshold: float, reset: str, want_y: bool):
-    """``[T, B, C, S]`` → the norm's output (None unless ``want_y``), spikes, the last carry and
-    each step's batch mean, biased variance and ``1/sqrt(var + eps)`` (``[T, C]``)."""
+                            mask: torch.Tensor | None, eps: float, decay: float, threshold: float, reset: str,
+                            want_y: bool):
+    """``[T, B, C, S]`` → the norm's output (None unless ``want_y``), spikes (times a dropout
+    ``mask`` ``[B, C, S]`` shared by every step, when given), the last carry and each step's batch
+    mean, biased variance and ``1/sqrt(var + eps)`` (``[T, C]``)."""
     mean = x.mean(dim=(1, 3))
     var = (x - mean[:, None, :, None]).square().mean(dim=(1, 3))
     invstd = torch.rsqrt(var + eps)
     ys = _normalise(x, weight, bias, mean, invstd)
     spikes, _, carry = _lif_steps(ys, carry, decay, threshold, reset)
+    if mask is not None:
+        spikes = [s * mask for s in spikes]
     return (torch.stack(ys) if want_y else None), torch.stack(spikes), carry, mean, var, invstd
 
 
@@ -239,13 +243,16 @@ def _normalise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: 
 
 
 def _norm_lif_backward_graph(values: torch.Tensor, grad_spikes: torch.Tensor, upstream: torch.Tensor | None,
-                             carry: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
-                             mean: torch.Tensor | None, invstd: torch.Tensor, surrogate: Surrogate, decay: float,
-                             threshold: float, reset: str, reset_weight: float, routes: bool):
+                             carry: torch.Tensor | None, mask: torch.Tensor | None, weight: torch.Tensor,
+                             bias: torch.Tensor, mean: torch.Tensor | None, invstd: torch.Tensor, surrogate: Surrogate,
+                             decay: float, threshold: float, reset: str, reset_weight: float, routes: bool):
     """Gradients of :func:`_norm_lif_forward_graph`: ``dL/dx``, ``dL/dweight``, ``dL/dbias`` and
     ``dL/du[0]`` (the initial carry's, with routes). ``values`` ``[T, B, C, S]`` is the norm's
     output ``y`` (``mean`` None: the normalised input is rebuilt as ``(y − bias) / weight``) or
-    its input ``x`` (``y`` recomputed as the forward computed it, with its statistics)."""
+    its input ``x`` (``y`` recomputed as the forward computed it, with its statistics);
+    ``grad_spikes`` is the gradient of the masked spikes when the forward had a ``mask``."""
+    if mask is not None:
+        grad_spikes = [g * mask for g in grad_spikes.unbind(0)]  # type: ignore[assignment]
     if mean is None:
         ys = list(values.unbind(0))
         normalised = (values - bias[:, None]) / weight[:, None]
@@ -268,27 +275,35 @@ def _as_4d(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous().view(*t.shape[:3], -1)
 
 
+def _step_4d(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """One step's tensor (a carry, a mask) as ``[B, C, S]`` in ``like``'s dtype."""
+    return None if t is None else _as_4d(t.to(like.dtype)[None])[0]
+
+
 def norm_lif_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, carry: torch.Tensor | None,
-                     eps: float, dyn: Any, want_y: bool = True):
+                     eps: float, dyn: Any, want_y: bool = True, mask: torch.Tensor | None = None):
     """A per-step batch norm (training statistics) then an LIF over ``x`` ``[T, B, C, ...]`` in one
     compiled loop: ``(y or None, spikes, last carry, mean, biased var, invstd)``; ``y`` and the
-    spikes shaped like ``x``, the statistics ``[T, C]``. Running statistics are the caller's."""
+    spikes shaped like ``x``, the statistics ``[T, C]``; with a dropout ``mask`` (one step's
+    shape), the spikes times it. Running statistics are the caller's."""
     flat = _as_4d(x)
-    state = None if carry is None else _as_4d(carry.to(x.dtype)[None])[0]
-    key = (*flat.shape, state is None, want_y, dyn.reset, x.dtype)
+    state, mask4 = _step_4d(carry, x), _step_4d(mask, x)
+    key = (*flat.shape, state is None, mask is None, want_y, dyn.reset, x.dtype)
     y, spikes, last, mean, var, invstd = _run(_norm_lif_forward_graph, key, flat, weight.detach(), bias.detach(),
-                                              state, float(eps), float(dyn.decay), float(dyn.v_threshold), dyn.reset,
-                                              want_y)
+                                              state, mask4, float(eps), float(dyn.decay), float(dyn.v_threshold),
+                                              dyn.reset, want_y)
     return (None if y is None else y.view(x.shape)), spikes.view(x.shape), last.view(x.shape[1:]), mean, var, invstd
 
 
 def norm_lif_backward(values: torch.Tensor, grad_spikes: torch.Tensor | None, grad_last: torch.Tensor | None,
                       carry: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, invstd: torch.Tensor,
-                      dyn: Any, mean: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+                      dyn: Any, mean: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """The gradients of :func:`norm_lif_forward` (soft resets, or any reset without temporal
     routes): ``dL/dx``, ``dL/dweight``, ``dL/dbias``, ``dL/du[0]``. ``values``: the norm's output
     ``y``, or, with the forward's ``mean``, its input ``x`` (as a caller that kept neither
-    recomputes it)."""
+    recomputes it); ``mask``: the forward's dropout mask (``grad_spikes`` is then the masked
+    spikes' gradient)."""
     if dyn.reset == "hard" and dyn.temporal_routes:
         raise ValueError("the compiled loop takes hard reset only without temporal routes")
     flat = _as_4d(values)
@@ -297,10 +312,11 @@ def norm_lif_backward(values: torch.Tensor, grad_spikes: torch.Tensor | None, gr
     upstream = None
     if grad_last is not None and dyn.temporal_routes:
         upstream = _as_4d(grad_last.to(dtype).expand(values.shape[1:])[None])[0]
-    state = None if carry is None else _as_4d(carry.to(dtype)[None])[0]
-    key = (*flat.shape, upstream is None, state is None, mean is None, dyn.reset, dyn.temporal_routes, dtype)
+    state, mask4 = _step_4d(carry, values), _step_4d(mask, values)
+    key = (*flat.shape, upstream is None, state is None, mask is None, mean is None, dyn.reset, dyn.temporal_routes,
+           dtype)
     grad_x, grad_w, grad_b, grad_first = _run(
-        _norm_lif_backward_graph, key, flat, gs, upstream, state, weight.detach(), bias.detach(),
+        _norm_lif_backward_graph, key, flat, gs, upstream, state, mask4, weight.detach(), bias.detach(),
         None if mean is None else mean.detach(), invstd.detach(), dyn.surrogate, float(dyn.decay),
         float(dyn.v_threshold), dyn.reset, float(dyn.reset_weight), dyn.temporal_routes)
     return grad_x.view(values.shape), grad_w, grad_b, grad_first.view(values.shape[1:])

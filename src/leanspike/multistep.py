@@ -302,20 +302,22 @@ class InputConvNormLIF(torch.autograd.Function):
     recurrence over it (:func:`~leanspike.neuron.lif_forward`: the forward's ``u`` bit for bit)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, bn_weight, bn_bias, carry, conf: tuple, bn: nn.Module,  # type: ignore[override]
-                dyn: Dynamics):
+    def forward(ctx, x, weight, bias, bn_weight, bn_bias, carry, mask, conf: tuple,  # type: ignore[override]
+                bn: nn.Module, dyn: Dynamics):
         ctx.compiled = (compiled_lif_enabled() and bn_weight is not None and bn_bias is not None
                         and lif_compiled.norm_usable(x))
-        if ctx.compiled:  # the norm and the LIF as one compiled loop over the conv's output
+        if ctx.compiled:  # the norm and the LIF (and the dropout mask) as one compiled loop over the conv's output
             z = _conv_steps(x, weight, bias, conf)
             _, spikes, last, mean, var, invstd = lif_compiled.norm_lif_forward(z, bn_weight, bn_bias, carry, bn.eps,
-                                                                               dyn, want_y=False)
+                                                                               dyn, want_y=False, mask=mask)
             update_running_stats(bn, mean, var, z[0].numel() // z.shape[2])
             del z
         else:
             y, mean, invstd = _conv_norm_forward(x, weight, bias, conf, bn)
             spikes, last = lif_forward(y, carry, dyn)
-        ctx.save_for_backward(x, weight, bias, bn_weight, bn_bias, carry, mean, invstd)
+            if mask is not None:
+                spikes = spikes * mask
+        ctx.save_for_backward(x, weight, bias, bn_weight, bn_bias, carry, mean, invstd, mask)
         ctx.conf, ctx.eps, ctx.dyn = conf, bn.eps, dyn
         ctx.set_materialize_grads(False)
         return spikes, last
@@ -323,17 +325,19 @@ class InputConvNormLIF(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_spikes, grad_last):  # type: ignore[override]
-        x, weight, bias, bn_weight, bn_bias, carry, mean, invstd = ctx.saved_tensors
+        x, weight, bias, bn_weight, bn_bias, carry, mean, invstd, dropout_mask = ctx.saved_tensors
         dyn: Dynamics = ctx.dyn
         need = ctx.needs_input_grad
         if ctx.compiled and not (dyn.reset == "hard" and dyn.temporal_routes):
             grad_z, grad_bn_w, grad_bn_b, grad_first = lif_compiled.norm_lif_backward(
                 _conv_steps(x, weight, bias, ctx.conf), grad_spikes, grad_last, carry, bn_weight, bn_bias, invstd,
-                dyn, mean=mean)
+                dyn, mean=mean, mask=dropout_mask)
             _, grad_w, grad_b = _conv_step_backward(grad_z.flatten(0, 1), x.flatten(0, 1), weight, bias is not None,
                                                     ctx.conf, [False, need[1], need[2]])
             return (None, grad_w, grad_b, grad_bn_w if need[3] else None, grad_bn_b if need[4] else None,
-                    grad_first if need[5] and dyn.temporal_routes else None, None, None, None)
+                    grad_first if need[5] and dyn.temporal_routes else None, None, None, None, None)
+        if dropout_mask is not None and grad_spikes is not None:
+            grad_spikes = grad_spikes * dropout_mask
         y = x.new_empty((x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, ctx.conf)))
         step_stats = mean.new_empty((2, mean.shape[1]))  # the same statistics again; the saved ones are used
         for t in range(x.shape[0]):
@@ -349,7 +353,7 @@ class InputConvNormLIF(torch.autograd.Function):
         grad_carry = grad_u[0].clone() if need[5] and dyn.temporal_routes else None
         wanted = (need[1], need[2], bn_weight is not None and need[3], bn_bias is not None and need[4])
         return (None, *_conv_norm_backward(grad_u, x, weight, bias, bn_weight, mean, invstd, ctx.conf, ctx.eps,
-                                           wanted), grad_carry, None, None, None)
+                                           wanted), grad_carry, None, None, None, None)
 
 
 def _input_conv_norm(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> bool:
@@ -391,14 +395,24 @@ def _with_lif(conv: nn.Conv2d, lif: nn.Module | None, x: torch.Tensor) -> bool:
     return carry is None or carry.shape == (x.shape[1], conv.out_channels, *_out_size(x[0], conv.weight, conf))
 
 
-def input_conv_norm_lif(conv: nn.Conv2d, bn: nn.Module, lif: LIF, x: torch.Tensor) -> torch.Tensor:
-    """``lif.forward_sequence(input_conv_norm(conv, bn, x))`` through :class:`InputConvNormLIF`."""
+def input_conv_norm_lif(conv: nn.Conv2d, bn: nn.Module, lif: LIF, x: torch.Tensor,
+                        dropout: SequenceDropout | None = None) -> torch.Tensor:
+    """``lif.forward_sequence(input_conv_norm(conv, bn, x))`` through :class:`InputConvNormLIF`;
+    with ``dropout`` (:func:`~leanspike.norm_lif.takes_dropout`), its mask applied in it too."""
     bn_: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
     _check_input_conv_norm(conv, bn_, x)
     conf = (conv.stride, conv.padding, conv.dilation, conv.groups)
-    spikes, lif.carry = InputConvNormLIF.apply(x, conv.weight, conv.bias, bn_.weight, bn_.bias, lif.carry, conf, bn,
-                                               lif.dynamics())
-    return mark_binary(spikes)
+    mask = None if dropout is None else dropout.sequence_mask(_conv_output_like(conv, x))
+    spikes, lif.carry = InputConvNormLIF.apply(x, conv.weight, conv.bias, bn_.weight, bn_.bias, lif.carry, mask, conf,
+                                               bn, lif.dynamics())
+    return mark_binary(spikes) if dropout is None else mark_binary(spikes, dropout.scale)  # type: ignore[arg-type]
+
+
+def _conv_output_like(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A stand-in (no memory) with the shape, dtype and device of ``conv``'s output over ``x`` ``[T, B, ...]``."""
+    conf = (conv.stride, conv.padding, conv.dilation)
+    shape = (x.shape[0], x.shape[1], conv.out_channels, *_out_size(x[0], conv.weight, conf))
+    return x.new_zeros(()).expand(shape)
 
 
 def _spatial(conv: nn.Conv2d, x: torch.Tensor) -> int:
@@ -788,15 +802,19 @@ def run_sequence(seq: nn.Sequential, x: torch.Tensor, kept_input: bool = False) 
         if i == 0 and kept_input and nxt is not None and _input_conv_norm(m, nxt, x):
             lif = children[2] if len(children) > 2 else None
             if _with_lif(m, lif, x):  # the LIF's u is not kept either
-                x = input_conv_norm_lif(m, nxt, lif, x)  # type: ignore[arg-type]
-                i += 3
+                after = children[3] if len(children) > 3 else None
+                dropout = after if norm_lif.takes_dropout(after, _conv_output_like(m, x)) else None  # type: ignore[arg-type]
+                x = input_conv_norm_lif(m, nxt, lif, x, dropout)  # type: ignore[arg-type]
+                i += 3 if dropout is None else 4
                 continue
             x = input_conv_norm(m, nxt, x)  # type: ignore[arg-type]
             i += 2
             continue
         if nxt is not None and norm_lif.applies(m, nxt, x):  # the pair saves one tensor (NormLIF)
-            x = norm_lif.norm_lif(m, nxt, x)  # type: ignore[arg-type]
-            i += 2
+            after = children[i + 2] if i + 2 < len(children) else None
+            dropout = after if norm_lif.takes_dropout(after, x) else None  # compiled: the mask in the same loop
+            x = norm_lif.norm_lif(m, nxt, x, dropout)  # type: ignore[arg-type]
+            i += 2 if dropout is None else 3
             continue
         if isinstance(m, nn.Sequential):
             x = run_sequence(m, x, kept_input and i == 0)

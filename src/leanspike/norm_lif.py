@@ -23,7 +23,8 @@ from torch.autograd.function import once_differentiable
 
 from . import lif_compiled
 from .compact import mark_binary
-from .layers import check_norm_sequence, is_step_norm, step_norm_backward, step_norm_forward, update_running_stats
+from .layers import (SequenceDropout, check_norm_sequence, is_step_norm, step_norm_backward, step_norm_forward,
+                     update_running_stats)
 from .neuron import LIF, Dynamics, compiled_lif_enabled, lif_backward, lif_forward, lif_potentials
 
 #: largest ``|β| / |γ|`` of any channel for which the norm's input is rebuilt from its output
@@ -50,28 +51,44 @@ def applies(bn: nn.Module, lif: nn.Module, x: torch.Tensor) -> bool:
         return bool(((scale * MAX_SHIFT_RATIO >= bias.abs()) & (scale > 0)).all())
 
 
-def norm_lif(bn: nn.Module, lif: LIF, x: torch.Tensor) -> torch.Tensor:
+def norm_lif(bn: nn.Module, lif: LIF, x: torch.Tensor, dropout: SequenceDropout | None = None) -> torch.Tensor:
     """``lif.forward_sequence(norm_sequence(bn, x))`` through :class:`NormLIF` (same values,
-    same running statistics, same carry); :func:`applies` must hold."""
+    same running statistics, same carry); :func:`applies` must hold. With ``dropout`` (a
+    :class:`~leanspike.layers.SequenceDropout` after the LIF, :func:`takes_dropout`), its mask
+    is applied in the same function: ``dropout.forward_sequence`` of the result, in one pass."""
     norm: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
     check_norm_sequence(norm, x)
-    spikes, lif.carry = NormLIF.apply(x, norm.weight, norm.bias, lif.carry, norm, lif.dynamics())
-    return mark_binary(spikes)
+    mask = None if dropout is None else dropout.sequence_mask(x)
+    spikes, lif.carry = NormLIF.apply(x, norm.weight, norm.bias, lif.carry, mask, norm, lif.dynamics())
+    return mark_binary(spikes) if dropout is None else mark_binary(spikes, dropout.scale)  # type: ignore[arg-type]
+
+
+def takes_dropout(dropout: nn.Module | None, x: torch.Tensor) -> bool:
+    """Whether a :class:`NormLIF` over ``x`` applies ``dropout``'s mask itself: a plain
+    :class:`~leanspike.layers.SequenceDropout` (one mask value per neuron) in training with
+    ``p > 0``, and the compiled loops on (where the mask costs no pass of its own)."""
+    return (type(dropout) is SequenceDropout and dropout.training and dropout.p > 0  # type: ignore[union-attr]
+            and compiled_lif_enabled() and lif_compiled.norm_usable(x)
+            and tuple(dropout.mask_shape(x[0])) == tuple(x.shape[1:])  # type: ignore[union-attr]
+            and (dropout.mask is None or tuple(dropout.mask.shape) == tuple(x.shape[1:])))  # type: ignore[union-attr]
 
 
 class NormLIF(torch.autograd.Function):
     """Per-step batch norm then LIF over ``[T, B, C, ...]``; saves the norm's output only."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, carry, bn, dyn: Dynamics):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, carry, mask, bn, dyn: Dynamics):  # type: ignore[override]
         ctx.compiled = compiled_lif_enabled() and lif_compiled.norm_usable(x)
         if ctx.compiled:  # the pair as one compiled loop; the running statistics as T calls update them
-            y, spikes, last, mean, var, invstd = lif_compiled.norm_lif_forward(x, weight, bias, carry, bn.eps, dyn)
+            y, spikes, last, mean, var, invstd = lif_compiled.norm_lif_forward(x, weight, bias, carry, bn.eps, dyn,
+                                                                               mask=mask)
             update_running_stats(bn, mean, var, x[0].numel() // x.shape[2])
         else:
             y, mean, invstd = step_norm_forward(x, bn)
             spikes, last = lif_forward(y, carry, dyn)
-        ctx.save_for_backward(y, carry, weight, bias, invstd)
+            if mask is not None:
+                spikes = spikes * mask
+        ctx.save_for_backward(y, carry, weight, bias, invstd, mask)
         ctx.dyn, ctx.eps = dyn, bn.eps
         ctx.set_materialize_grads(False)
         return spikes, last
@@ -79,15 +96,17 @@ class NormLIF(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_spikes, grad_last):  # type: ignore[override]
-        y, carry, weight, bias, invstd = ctx.saved_tensors
+        y, carry, weight, bias, invstd, dropout_mask = ctx.saved_tensors
         dyn: Dynamics = ctx.dyn
         need = ctx.needs_input_grad
         if ctx.compiled and not (dyn.reset == "hard" and dyn.temporal_routes):
-            grad_x, grad_w, grad_b, grad_first = lif_compiled.norm_lif_backward(y, grad_spikes, grad_last, carry,
-                                                                                weight, bias, invstd, dyn)
+            grad_x, grad_w, grad_b, grad_first = lif_compiled.norm_lif_backward(
+                y, grad_spikes, grad_last, carry, weight, bias, invstd, dyn, mask=dropout_mask)
             grad_carry = grad_first if need[3] and dyn.temporal_routes else None
             return (grad_x if need[0] else None, grad_w if need[1] else None, grad_b if need[2] else None,
-                    grad_carry, None, None)
+                    grad_carry, None, None, None)
+        if dropout_mask is not None and grad_spikes is not None:
+            grad_spikes = grad_spikes * dropout_mask
         _, potentials, _ = lif_potentials(y, carry, dyn, want_spikes=False)  # the forward's u, bit for bit
         grad_u = lif_backward(potentials, grad_spikes, grad_last, dyn)  # = dL/dy (u = carry + y)
         grad_carry = grad_u[0].clone() if need[3] and dyn.temporal_routes else None
@@ -99,4 +118,4 @@ class NormLIF(torch.autograd.Function):
         mask = [need[0], need[1], need[2]]
         grad_x, grad_w, grad_b = step_norm_backward(grad_u, centred, weight, torch.zeros_like(invstd), invstd,
                                                     ctx.eps, mask)
-        return grad_x, grad_w, grad_b, grad_carry, None, None
+        return grad_x, grad_w, grad_b, grad_carry, None, None, None
