@@ -146,8 +146,11 @@ def test_norm_lif_gives_the_per_step_modules_gradients(reset, routes, dropout, c
     _same(*results)
 
 
-@pytest.mark.parametrize("reset", ["soft", "hard"])
-def test_input_conv_norm_lif_gives_the_per_step_modules_gradients(reset, compiled, monkeypatch):
+@pytest.mark.parametrize("reset,parts", [("soft", 1), ("hard", 1), ("soft", C)])
+def test_input_conv_norm_lif_gives_the_per_step_modules_gradients(reset, parts, compiled, monkeypatch):
+    """Also in parts of the channels (one each: how a big first layer bounds its memory)."""
+    if parts > 1:
+        monkeypatch.setattr(multistep, "COMPILED_PART_VALUES", 1)
     calls = []
     backward = lif_compiled.norm_lif_backward
     monkeypatch.setattr(lif_compiled, "norm_lif_backward",
@@ -166,7 +169,7 @@ def test_input_conv_norm_lif_gives_the_per_step_modules_gradients(reset, compile
         else:
             with compiled_lif(False):
                 results.append(_outcome(seq, x, c0, lambda: torch.stack([seq(x[t]) for t in range(T)])))
-    assert calls == ([True] if reset == "soft" else []), "the compiled backward is for soft resets (or no routes)"
+    assert calls == ([True] * parts if reset == "soft" else []), "the compiled backward: soft resets (or no routes)"
     _same(*results)
 
 

@@ -33,6 +33,7 @@ pass takes depend on its size and width (the constants below say where each was 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from functools import partial
 from typing import Iterator
@@ -252,6 +253,28 @@ def _conv_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     return grad_w, grads[1], rows[0].sum(0) if mask[1] else None, rows[1].sum(0) if mask[2] else None
 
 
+#: values (of float32: 16 MiB) of the conv's output that one part of :class:`InputConvNormLIF`'s
+#: compiled loops holds: whole, VGG-11's 64 × 48 × 48 layer at batch 8 and T = 10 holds 47 MB in
+#: each of the recomputed conv output, the potentials, dL/du and dL/dz in backward (the peak
+#: bytes in use of a BPTT iteration 262 against 158 MiB for the tensor path); channels are
+#: independent from the conv's output on, so the parts split them
+COMPILED_PART_VALUES = 1 << 22
+
+
+def _channel_parts(shape: tuple) -> list[tuple[int, int]]:
+    """Channel ranges ``[(c0, c1), ...]`` of an output ``shape`` ``[T, B, C, ...]`` whose parts hold at
+    most :data:`COMPILED_PART_VALUES` values (at least one channel each), balanced."""
+    channels, per_channel = shape[2], math.prod(shape) // max(shape[2], 1)
+    parts = max(1, min(channels, -(-per_channel * channels // COMPILED_PART_VALUES)))
+    size = -(-channels // parts)
+    return [(c, min(c + size, channels)) for c in range(0, channels, size)]
+
+
+def _part(t: torch.Tensor | None, c0: int, c1: int, dim: int = 1) -> torch.Tensor | None:
+    """Channels ``c0:c1`` of ``t`` (at ``dim``), or None."""
+    return None if t is None else t.narrow(dim, c0, c1 - c0)
+
+
 def _conv_steps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conf: tuple) -> torch.Tensor:
     """The conv of every step of ``x`` ``[T, B, C, H, W]``, one step at a time (as the forward
     and the recomputation in backward both call it: the same values)."""
@@ -306,12 +329,18 @@ class InputConvNormLIF(torch.autograd.Function):
                 bn: nn.Module, dyn: Dynamics):
         ctx.compiled = (compiled_lif_enabled() and bn_weight is not None and bn_bias is not None
                         and lif_compiled.norm_usable(x))
-        if ctx.compiled:  # the norm and the LIF (and the dropout mask) as one compiled loop over the conv's output
-            z = _conv_steps(x, weight, bias, conf)
-            _, spikes, last, mean, var, invstd = lif_compiled.norm_lif_forward(z, bn_weight, bn_bias, carry, bn.eps,
-                                                                               dyn, want_y=False, mask=mask)
-            update_running_stats(bn, mean, var, z[0].numel() // z.shape[2])
-            del z
+        if ctx.compiled:  # the norm and the LIF (and the dropout mask) as compiled loops, part by part
+            shape = (x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, conf))
+            spikes, last = x.new_empty(shape), x.new_empty(shape[1:])
+            stats = x.new_empty((3, shape[0], shape[2]))
+            for c0, c1 in _channel_parts(shape):
+                _, spikes[:, :, c0:c1], last[:, c0:c1], *parts = lif_compiled.norm_lif_forward(
+                    _conv_steps(x, weight[c0:c1], None if bias is None else bias[c0:c1], conf), bn_weight[c0:c1],
+                    bn_bias[c0:c1], _part(carry, c0, c1), bn.eps, dyn, want_y=False, mask=_part(mask, c0, c1))
+                for i, stat in enumerate(parts):
+                    stats[i, :, c0:c1] = stat
+            mean, var, invstd = stats
+            update_running_stats(bn, mean, var, last[:, 0].numel())
         else:
             y, mean, invstd = _conv_norm_forward(x, weight, bias, conf, bn)
             spikes, last = lif_forward(y, carry, dyn)
@@ -329,13 +358,25 @@ class InputConvNormLIF(torch.autograd.Function):
         dyn: Dynamics = ctx.dyn
         need = ctx.needs_input_grad
         if ctx.compiled and not (dyn.reset == "hard" and dyn.temporal_routes):
-            grad_z, grad_bn_w, grad_bn_b, grad_first = lif_compiled.norm_lif_backward(
-                _conv_steps(x, weight, bias, ctx.conf), grad_spikes, grad_last, carry, bn_weight, bn_bias, invstd,
-                dyn, mean=mean, mask=dropout_mask)
-            _, grad_w, grad_b = _conv_step_backward(grad_z.flatten(0, 1), x.flatten(0, 1), weight, bias is not None,
-                                                    ctx.conf, [False, need[1], need[2]])
-            return (None, grad_w, grad_b, grad_bn_w if need[3] else None, grad_bn_b if need[4] else None,
-                    grad_first if need[5] and dyn.temporal_routes else None, None, None, None, None)
+            shape = (x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, ctx.conf))
+            grad_w = torch.empty_like(weight) if need[1] else None
+            grad_b = torch.empty_like(bias) if bias is not None and need[2] else None
+            grad_bn_w, grad_bn_b, grad_first = torch.empty_like(bn_weight), torch.empty_like(bn_bias), x.new_empty(shape[1:])
+            for c0, c1 in _channel_parts(shape):  # channels are independent from the conv's output on
+                z = _conv_steps(x, weight[c0:c1], None if bias is None else bias[c0:c1], ctx.conf)
+                grad_z, grad_bn_w[c0:c1], grad_bn_b[c0:c1], grad_first[:, c0:c1] = lif_compiled.norm_lif_backward(
+                    z, _part(grad_spikes, c0, c1, 2), _part(grad_last, c0, c1), _part(carry, c0, c1), bn_weight[c0:c1],
+                    bn_bias[c0:c1], invstd[:, c0:c1], dyn, mean=mean[:, c0:c1], mask=_part(dropout_mask, c0, c1))
+                del z
+                _, gw, gb = _conv_step_backward(grad_z.flatten(0, 1), x.flatten(0, 1), weight[c0:c1], bias is not None,
+                                                ctx.conf, [False, need[1], need[2]])
+                if grad_w is not None:
+                    grad_w[c0:c1] = gw
+                if grad_b is not None:
+                    grad_b[c0:c1] = gb
+            return (None, grad_w if need[1] else None, grad_b if need[2] else None, grad_bn_w if need[3] else None,
+                    grad_bn_b if need[4] else None, grad_first if need[5] and dyn.temporal_routes else None,
+                    None, None, None, None)
         if dropout_mask is not None and grad_spikes is not None:
             grad_spikes = grad_spikes * dropout_mask
         y = x.new_empty((x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, ctx.conf)))
