@@ -1,20 +1,22 @@
-"""LIF time loops, and per-step batch norm + LIF pairs, compiled for the CPU (opt-in).
+"""LIF time loops, and per-step batch norm + LIF (+ dropout) functions, compiled for the CPU (opt-in).
 
 On the CPU the tensor path runs an LIF's time loop as four PyTorch ops per step (add,
 compare, subtract, scale), each a pass over the layer's memory, and a per-step batch norm
 before it as a kernel call per step; backward is as many passes again. Here the same
 equations go through ``torch.compile`` (inductor, which writes C++ loops and builds them with
 the machine's compiler): each neuron's whole time loop becomes one pass that reads its
-inputs once and writes its spikes once, with the norm's statistics and normalisation in the
-same compiled function. At batch 8, T = 6, 2 threads, VGG-11's 64 × 48 × 48 layer: norm + LIF
-forward 5.0 ms and backward 8.9 ms against 17 and 41 ms for the tensor path's functions.
+inputs once and writes its spikes once, with the norm's statistics and normalisation (and a
+per-sequence dropout mask after the LIF) in the same compiled function. At batch 8, T = 6,
+2 threads, VGG-11's 64 × 48 × 48 layer: norm + LIF forward 5.0 ms and backward 8.9 ms against
+17 and 41 ms for the tensor path's functions.
 
 What runs compiled (on CPU float32/float64 tensors over 2 to :data:`MAX_STEPS` steps):
 :func:`lif_forward` / :func:`lif_backward` (:class:`~leanspike.neuron.LIFSequence`),
 :func:`norm_lif_forward` / :func:`norm_lif_backward` (:class:`~leanspike.norm_lif.NormLIF`, and
 :class:`~leanspike.multistep.InputConvNormLIF`, which recomputes the norm's input). One-step
 calls (SLTT's) keep the tensor path: there is no loop to fuse, and a compiled call costs more
-than the passes it saves. Each function compiles once per shape and variant (static shapes:
+than the passes it saves; so do runs without a graph (:class:`~leanspike.neuron.LIF` asks for the
+tensor path there: SLTT-K's skipped steps vary in length, and each length would compile anew). Each function compiles once per shape and variant (static shapes:
 with symbolic sizes the loops ran up to 3× slower, depending on the shape compiled first);
 VGG-11's BPTT compiles 10 of them, about 30 s in all the first time, cached on disk by PyTorch.
 

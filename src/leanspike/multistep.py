@@ -322,13 +322,19 @@ class InputConvNormLIF(torch.autograd.Function):
     ``u`` (one float per neuron and step, the biggest layer's in a VGG). Backward recomputes
     the norm's output with the same calls (the conv from ``x``, the batch-norm kernel in
     training mode on it: the same values, bit for bit, on the CPU) and reruns the LIF
-    recurrence over it (:func:`~leanspike.neuron.lif_forward`: the forward's ``u`` bit for bit)."""
+    recurrence over it (:func:`~leanspike.neuron.lif_forward`: the forward's ``u`` bit for bit).
+
+    With :func:`~leanspike.neuron.compile_lif` on (a soft reset, or no temporal routes), the
+    norm, the LIF and a dropout mask after it run as compiled loops
+    (:mod:`leanspike.lif_compiled`) in parts of the channels (:data:`COMPILED_PART_VALUES`), and
+    backward recomputes each part's conv output and normalises it with the saved statistics in
+    the same compiled way."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, bn_weight, bn_bias, carry, mask, conf: tuple,  # type: ignore[override]
                 bn: nn.Module, dyn: Dynamics):
         ctx.compiled = (compiled_lif_enabled() and bn_weight is not None and bn_bias is not None
-                        and lif_compiled.norm_usable(x))
+                        and lif_compiled.norm_usable(x) and not (dyn.reset == "hard" and dyn.temporal_routes))
         if ctx.compiled:  # the norm and the LIF (and the dropout mask) as compiled loops, part by part
             shape = (x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, conf))
             spikes, last = x.new_empty(shape), x.new_empty(shape[1:])
@@ -357,7 +363,7 @@ class InputConvNormLIF(torch.autograd.Function):
         x, weight, bias, bn_weight, bn_bias, carry, mean, invstd, dropout_mask = ctx.saved_tensors
         dyn: Dynamics = ctx.dyn
         need = ctx.needs_input_grad
-        if ctx.compiled and not (dyn.reset == "hard" and dyn.temporal_routes):
+        if ctx.compiled:
             shape = (x.shape[0], x.shape[1], weight.shape[0], *_out_size(x[0], weight, ctx.conf))
             grad_w = torch.empty_like(weight) if need[1] else None
             grad_b = torch.empty_like(bias) if bias is not None and need[2] else None

@@ -69,10 +69,11 @@ def compiled_lif_enabled() -> bool:
 
 
 def compile_lif(enabled: bool = True) -> bool:
-    """Run the LIF time loops (and per-step batch norm + LIF pairs) of CPU tensors over two
-    steps or more as compiled loops (:mod:`leanspike.lif_compiled`): VGG-11's BPTT at batch 8
-    took 0.91× the time at T = 6 and 0.89× at T = 10 (docs/performance.md); the first
-    iterations compile (about 30 s). Returns the previous setting. Enabling needs a C++
+    """Run the LIF time loops (and per-step batch norm + LIF (+ dropout) functions) of CPU
+    tensors over two steps or more, where they build a graph, as compiled loops
+    (:mod:`leanspike.lif_compiled`): VGG-11's BPTT at batch 8 took 0.91–0.92× the time at
+    T = 6 and 0.85× at T = 10 (docs/performance.md); the first iterations compile (about
+    30 s, cached on disk). Returns the previous setting. Enabling needs a C++
     compiler (``$CXX``, or ``g++`` / ``clang++`` on ``PATH``) for ``torch.compile``'s CPU
     backend: without one, a :class:`~leanspike.errors.UserError` says so."""
     global COMPILE_CPU
@@ -192,7 +193,7 @@ def lif_potentials(currents: torch.Tensor, carry: torch.Tensor | None, dyn: Dyna
     tensor path may write ``u`` into (it may be ``currents`` itself, overwritten step by step
     after each is read); the compiled loops return their own."""
     kernels = _kernels_for(currents)
-    if kernels is not None and kernels is lif_compiled and (carry is None or carry.shape == currents.shape[1:]):
+    if kernels is lif_compiled and (carry is None or carry.shape == currents.shape[1:]):
         made, u, last = kernels.lif_forward(currents, carry, dyn.decay, dyn.v_threshold, dyn.reset,
                                             want_spikes=want_spikes, want_potentials=True)
         return made, u, last
