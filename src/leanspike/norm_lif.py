@@ -69,7 +69,6 @@ def takes_dropout(dropout: nn.Module | None, x: torch.Tensor) -> bool:
     ``p > 0``, and the compiled loops on (where the mask costs no pass of its own)."""
     return (type(dropout) is SequenceDropout and dropout.training and dropout.p > 0  # type: ignore[union-attr]
             and compiled_lif_enabled() and lif_compiled.norm_usable(x)
-            and tuple(dropout.mask_shape(x[0])) == tuple(x.shape[1:])  # type: ignore[union-attr]
             and (dropout.mask is None or tuple(dropout.mask.shape) == tuple(x.shape[1:])))  # type: ignore[union-attr]
 
 
