@@ -33,6 +33,7 @@ from .compact import CompactSaved, mark_derived
 from .losses import WindowLoss
 from .multistep import (NO_GRAD_CHUNK, WeightGradSums, chunk_steps, each_module_once, pays_off, run_sequence,
                         supports_sequence)
+from .neuron import backward_reads_carry
 from .state import detach_states, keep_temporal_routes, reset_states
 from .winograd import KernelCache
 
@@ -202,6 +203,8 @@ class Engine:
                 detach_states(*modules)
                 with_graph = schedule.graph_intervals is None or chunk[0] in schedule.graph_intervals
                 ctx = contextlib.nullcontext() if with_graph else torch.no_grad()
+                # one step, then its backward: the LIF layers' backward can read the carry they keep
+                one_step = with_graph and stop - start == 1
                 layered = sequence and pays_off(stop - start, inputs[0].numel())
                 parts = self._parts(inputs[start:stop], layered)
                 spans = [(t0 - start, t1 - start) for t0, t1 in (schedule.intervals[i] for i in chunk)]
@@ -209,7 +212,7 @@ class Engine:
                 # block runs, so local blocks lower the peak (block-major order changes no value:
                 # a block's state and RNG draws depend only on its own earlier steps)
                 for b in range(n_blocks):
-                    with ctx:
+                    with ctx, backward_reads_carry(one_step):
                         outs, window = self._block(b, parts, layered)
                         windows = [window[t0:t1] for t0, t1 in spans] if len(chunk) > 1 else [window]
                         losses = [loss_fn(w, targets, total) for w in windows]
