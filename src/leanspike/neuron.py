@@ -19,6 +19,9 @@ With autograd on, a step (or a whole sequence, :meth:`LIF.forward_sequence`) is 
 autograd function that saves only the membrane potentials ``u`` (one float per neuron
 and step); spikes, surrogate derivatives and reset terms are recomputed from ``u`` in
 backward. The forward values are bit for bit those of the plain equations above.
+A single step whose backward runs before the layer's next step (SLTT's, inside the
+engine: :func:`backward_reads_carry`) keeps less: its spikes as bits, with ``u``
+rebuilt from the carry the layer holds for that next step anyway (:class:`LIFStep`).
 
 On CUDA tensors, when Triton is installed, the time loop runs as one kernel per
 direction (:mod:`leanspike.lif_triton`) instead of a few kernels per step; the values are
