@@ -34,13 +34,13 @@ def _step(lif, current, carry):
 @pytest.mark.parametrize("decay", [0.5, 0.3])
 @pytest.mark.parametrize("surrogate", [Triangle(0.8), Sigmoid(4.0)])
 @pytest.mark.parametrize("with_carry", [False, True])
-@pytest.mark.parametrize("routes", [False, True])
-def test_gradients_match_plain_equations(float64, reset, decay, surrogate, with_carry, routes):
+@pytest.mark.parametrize("routes,detach_reset", [(False, False), (True, False), (True, True)])
+def test_gradients_match_plain_equations(float64, reset, decay, surrogate, with_carry, routes, detach_reset):
     g = torch.Generator().manual_seed(0)
     current = (torch.rand(3, 4, 5, generator=g) * 1.6).requires_grad_(True)
     carry0 = (torch.rand(3, 4, 5, generator=g) - 0.3).requires_grad_(True) if with_carry else None
     w_spikes, w_carry = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
-    lif = LIF(decay=decay, v_threshold=0.7, reset=reset, surrogate=surrogate)
+    lif = LIF(decay=decay, v_threshold=0.7, reset=reset, surrogate=surrogate, detach_reset=detach_reset)
     lif.keep_temporal_routes(routes)
     spikes, last = _step(lif, current, carry0)
     assert type(last.grad_fn).__name__ == "LIFStepBackward"
@@ -49,7 +49,7 @@ def test_gradients_match_plain_equations(float64, reset, decay, surrogate, with_
     inputs = [current] + ([carry0] if with_carry else [])
     got = torch.autograd.grad(loss, inputs, allow_unused=True)
 
-    ref_spikes, ref_last = reference(current.unsqueeze(0), carry0, decay, 0.7, reset, surrogate, False)
+    ref_spikes, ref_last = reference(current.unsqueeze(0), carry0, decay, 0.7, reset, surrogate, detach_reset)
     assert torch.equal(spikes, ref_spikes[0]) and torch.equal(last, ref_last)
     if routes:
         ref_loss = (ref_spikes[0] * w_spikes).sum() + (ref_last * w_carry).sum()
