@@ -9,8 +9,9 @@ parameters, buffers and the input left out) at T ∈ {1, 2, 3} and B ∈ {1, 2} 
 line through T = 2 and 3; :meth:`MemoryModel.saved_bytes` then predicts any method at any T
 and batch. One-step intervals (SLTT's) get their own measured ``B·p + q``: over two steps or
 more, some layer pairs keep one tensor where a lone step keeps two
-(:mod:`~leanspike.norm_lif`, :class:`~leanspike.multistep.InputConvNormLIF`), so one step is
-not on the line through longer intervals; an interval that starts from a previous one's state
+(:mod:`~leanspike.norm_lif`, :class:`~leanspike.multistep.InputConvNormLIF`), while a lone
+step's LIF layers keep their spikes as bits only (:class:`~leanspike.neuron.LIFStep`), so one
+step is not on the line through longer intervals; an interval that starts from a previous one's state
 keeps those pairs' carry in too, measured from TBPTT(2) at T = 4. The local
 method's engine runs one block at a time (forward over the interval, backward, next block),
 so its peak is its largest block's graph with that block's classifier: a line of the same
