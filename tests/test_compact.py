@@ -197,3 +197,19 @@ def test_saving_a_derived_tensor_as_it_is_lets_its_source_go():
     assert alive() is None
     out.sum().backward()
     assert w.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_pack_comparison_is_the_torch_comparison_packed(dtype, layout):
+    """numpy's compare-and-pack (contiguous float32/64 on the CPU) and torch's (anything else)
+    give the same bits, element i in the tensor's logical order, -0.0 and NaN included."""
+    from leanspike.compact import pack_bits, pack_comparison
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(5, 7, 11, generator=g).to(dtype)
+    t[0, 0, :4] = torch.tensor([0.0, -0.0, float("nan"), 0.7])
+    if layout == "transposed":
+        t = t.transpose(0, 2)
+    for compare, value, op in (("ne", 0, torch.ne), ("ge", 0.7, torch.ge)):
+        assert torch.equal(pack_comparison(t, compare, value), pack_bits(op(t, value).reshape(-1)))

