@@ -158,3 +158,53 @@ def test_sltt_gradients_in_float32_match_float64_through_the_winograd_path(monke
         scale = want[name].abs().max()
         assert scale > 0, name
         assert (got[name].double() - want[name]).abs().max() <= 1e-5 * scale, name
+
+
+def _winograd_net(seed=0):
+    torch.manual_seed(seed)
+    lif = lambda: LIF(decay=0.5, surrogate="sigmoid")  # noqa: E731
+    net = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), StepBatchNorm2d(8), lif(),
+                        nn.Conv2d(8, 8, 3, padding=1), StepBatchNorm2d(8), lif(),
+                        nn.Conv2d(8, 5, 3, padding=1), lif(), nn.Flatten(), nn.Linear(5 * 8 * 8, 3))
+    with torch.no_grad():
+        for i in (0, 3, 6):
+            net[i].weight.mul_(3.0)
+    return net.double()
+
+
+@pytest.mark.parametrize("method", ["sltt", "sltt-k2", "tbptt2"])
+def test_small_calls_sum_weight_gradients_before_the_adjoint_transform(float64, monkeypatch, method):
+    """Inside the engine, F(2×2, 3×3) weight gradients of calls under WINOGRAD_DW_MIN_BATCH
+    samples are summed across calls in the tile domain (WeightGradSums.add_tiles) and transformed
+    once at the flush: the gradients equal autograd's through plain convolutions, step by step
+    (float64; F(2×2, 3×3) let in for float64 and 8 channels here)."""
+    from leanspike import SLTTK, TBPTT, multistep
+    from leanspike.engine import Engine
+
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 8)
+    real_applies = winograd.applies
+    monkeypatch.setattr(winograd, "applies", lambda x, w, s, p: real_applies(x.float(), w.float(), s, p))
+    make = {"sltt": SLTT, "tbptt2": lambda: TBPTT(2),
+            "sltt-k2": lambda: SLTTK(2, generator=torch.Generator().manual_seed(3))}[method]
+    g = torch.Generator().manual_seed(1)
+    x, y = (torch.rand(4, 3, 2, 8, 8, generator=g) < 0.4).double(), torch.randint(0, 3, (3,), generator=g)
+    added = []
+    real_add = multistep.WeightGradSums.add_tiles
+    monkeypatch.setattr(multistep.WeightGradSums, "add_tiles", lambda self, w, *a: added.append(w) or real_add(self, w, *a))
+    grads = make().compute_gradients(_winograd_net(), x, y)
+    assert len({id(w) for w in added}) == 1 and len(added) > 1  # the 8 → 8 conv, summed over its calls
+    monkeypatch.setattr(Engine, "supports_sequence", lambda self: False)
+    reference = make().compute_gradients(_winograd_net(), x, y)  # step by step, nn.Conv2d's own autograd
+    for name in reference:
+        torch.testing.assert_close(grads[name], reference[name], atol=1e-10, rtol=1e-10,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def test_weight_gradient_from_tiles_is_the_adjoint_of_the_kernel_transform():
+    """⟨Gᵀ du G, w⟩ = ⟨du, G w Gᵀ⟩ for the layouts the two use ([16, O, C] and [16, C, O])."""
+    torch.manual_seed(0)
+    w = torch.randn(5, 3, 3, 3, dtype=torch.float64)
+    du = torch.randn(16, 5, 3, dtype=torch.float64)
+    lhs = (winograd.weight_grad_from_tiles(du) * w).sum()
+    rhs = (du.transpose(1, 2) * winograd.kernel_transform(w)).sum()
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)

@@ -605,18 +605,20 @@ def _weight_grad_shifted(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
 
 class WeightGradSums:
     """Context manager: while active, the weight gradients that :func:`_weight_grad_shifted`
-    makes for leaf weights without hooks are summed in place across calls (each kernel
-    position's matrix product adds to the sum), in its ``[kh, kw, O, C]`` layout, instead of
-    every call making a new gradient, transposing it to ``[O, C, kh, kw]`` and handing it to
-    autograd to add to ``.grad``. SLTT goes back through every convolution T times per batch;
-    VGG-11's three 512 → 512 weights made that 9.4 MB allocation, transpose and addition at
-    every step. :meth:`flush` adds the sums to ``.grad`` (one transpose per weight); the
-    engine holds one per batch and flushes before every optimizer step and at the end."""
+    and F(2×2, 3×3) (:func:`~leanspike.winograd.weight_grad_tiles`) make for leaf weights
+    without hooks are summed in place across calls, in the kernel's own layout (``[kh, kw, O,
+    C]``, or ``[16, O, C]`` before the kernel transform's adjoint), instead of every call
+    making a new gradient, bringing it to ``[O, C, kh, kw]`` and handing it to autograd to add
+    to ``.grad``. SLTT goes back through every convolution T times per batch; VGG-11's three
+    512 → 512 weights made that 9.4 MB allocation, transpose and addition at every step, and
+    F(2×2, 3×3)'s adjoint transform, a pass over 16·C·O values, made its weight gradient the
+    slower kernel at batch 8. :meth:`flush` adds the sums to ``.grad`` (one transform per
+    weight); the engine holds one per batch and flushes before every optimizer step and at the end."""
 
     _active: list["WeightGradSums"] = []
 
     def __init__(self) -> None:
-        self._sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._sums: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def current(cls) -> "WeightGradSums | None":
@@ -628,18 +630,31 @@ class WeightGradSums:
         return (weight.is_leaf and weight.requires_grad and not weight._backward_hooks
                 and not getattr(weight, "_post_accumulate_grad_hooks", None))
 
+    def _sum(self, weight: torch.Tensor, kind: str, shape: tuple[int, ...]) -> torch.Tensor:
+        hit = self._sums.get((id(weight), kind))
+        if hit is None or hit[0] is not weight:
+            hit = (weight, weight.new_zeros(shape))
+            self._sums[(id(weight), kind)] = hit
+        return hit[1]
+
     def sum_for(self, weight: torch.Tensor) -> torch.Tensor:
         """The running ``[kh, kw, O, C]`` sum for ``weight`` (zeros at first)."""
-        hit = self._sums.get(id(weight))
+        return self._sum(weight, "shifted", (*weight.shape[2:], *weight.shape[:2]))
+
+    def add_tiles(self, weight: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, padding: tuple) -> None:
+        """Add one call's F(2×2, 3×3) weight gradient of a 3×3 ``weight``, before the adjoint
+        transform (:func:`~leanspike.winograd.weight_grad_tiles`, ``[16, O, C]``), to its running
+        sum; the first call's product is the sum (no zeros to fill)."""
+        hit = self._sums.get((id(weight), "winograd"))
         if hit is None or hit[0] is not weight:
-            hit = (weight, weight.new_zeros(*weight.shape[2:], *weight.shape[:2]))
-            self._sums[id(weight)] = hit
-        return hit[1]
+            self._sums[(id(weight), "winograd")] = (weight, winograd.weight_grad_tiles(grad, x, padding))
+        else:
+            winograd.weight_grad_tiles(grad, x, padding, into=hit[1])
 
     def flush(self) -> None:
         """Add every sum to its weight's ``.grad`` (set it where it is None) and start again."""
-        for weight, total in self._sums.values():
-            grad = total.permute(2, 3, 0, 1)
+        for (_, kind), (weight, total) in self._sums.items():
+            grad = total.permute(2, 3, 0, 1) if kind == "shifted" else winograd.weight_grad_from_tiles(total)
             if weight.grad is None:
                 weight.grad = grad.contiguous()
             else:
@@ -696,10 +711,13 @@ WINOGRAD_DW_MIN_BATCH = 16
 
 
 def weight_grad_kernel(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: tuple,
-                       padding: tuple) -> str:
+                       padding: tuple, summed: bool = False) -> str:
     """The kernel :class:`Conv2dSequence` takes for a weight gradient: ``"winograd"`` (F(2×2, 3×3)),
-    ``"nnpack"`` (:func:`_weight_grad_as_conv`), ``"shifted"`` (:func:`_weight_grad_shifted`) or ``"oneDNN"``."""
-    if (WINOGRAD_DW_MIN_BATCH and grad.shape[0] >= WINOGRAD_DW_MIN_BATCH
+    ``"nnpack"`` (:func:`_weight_grad_as_conv`), ``"shifted"`` (:func:`_weight_grad_shifted`) or
+    ``"oneDNN"``. ``summed``: the gradient goes to a :class:`WeightGradSums`, where F(2×2, 3×3)
+    pays at any batch (below :data:`WINOGRAD_DW_MIN_BATCH` samples its adjoint transform runs
+    once per batch, not per call)."""
+    if (WINOGRAD_DW_MIN_BATCH and (summed or grad.shape[0] >= WINOGRAD_DW_MIN_BATCH)
             and winograd.applies(x, weight, stride, padding)):
         return "winograd"
     if _dw_as_conv(grad, x, stride):
@@ -760,13 +778,20 @@ class Conv2dSequence(torch.autograd.Function):
                 grad_x = torch.ops.aten.convolution_backward(
                     grad, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
                     [True, False, False])[0]
-        kernel = weight_grad_kernel(grad, x, weight, stride, padding) if need[1] else "oneDNN"
+        sums = WeightGradSums.current() if ctx.leaf is not None else None
+        kernel = weight_grad_kernel(grad, x, weight, stride, padding, sums is not None) if need[1] else "oneDNN"
         if kernel != "oneDNN":
-            sums = WeightGradSums.current() if kernel == "shifted" and ctx.leaf is not None else None
-            grad_w = (winograd.conv3x3_weight_grad(grad, x, padding) if kernel == "winograd"
-                      else _weight_grad_as_conv(grad, x, padding) if kernel == "nnpack"
-                      else _weight_grad_shifted(grad, x, weight, stride, padding,
-                                                None if sums is None else sums.sum_for(ctx.leaf)))
+            if kernel == "winograd" and sums is not None and grad.shape[0] < WINOGRAD_DW_MIN_BATCH:
+                # a small call (SLTT's steps) among many for this weight: sum before the adjoint
+                # transform; a big one (BPTT's: once per weight and batch) transforms at once
+                # instead of holding 16·C·O values to the end of the batch
+                sums.add_tiles(ctx.leaf, grad, x, padding)
+                grad_w = None
+            else:
+                grad_w = (winograd.conv3x3_weight_grad(grad, x, padding) if kernel == "winograd"
+                          else _weight_grad_as_conv(grad, x, padding) if kernel == "nnpack"
+                          else _weight_grad_shifted(grad, x, weight, stride, padding,
+                                                    None if sums is None else sums.sum_for(ctx.leaf)))
             grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
         elif need[1] or (ctx.has_bias and need[2]):
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(

@@ -164,15 +164,17 @@ def conv3x3_input_grad(grad: torch.Tensor, kernels: torch.Tensor, padding: tuple
 PART_VALUES = 1 << 22
 
 
-def conv3x3_weight_grad(grad: torch.Tensor, x: torch.Tensor, padding: tuple) -> torch.Tensor:
-    """``dL/dW`` of :func:`conv3x3`: ``Gᵀ [Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)] G`` as 16 matrix
-    products over the tiles (the adjoint of the forward in the kernel), summed over parts of
-    the batch of at most :data:`PART_VALUES` transformed values each."""
+def weight_grad_tiles(grad: torch.Tensor, x: torch.Tensor, padding: tuple,
+                      into: torch.Tensor | None = None) -> torch.Tensor:
+    """``Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)``, the weight gradient of :func:`conv3x3` before the kernel
+    transform's adjoint (:func:`weight_grad_from_tiles`): ``[16, O, C]``, as 16 matrix products
+    over the tiles, summed over parts of the batch of at most :data:`PART_VALUES` transformed
+    values each. ``into``: add to it in place (a sum across calls, ``WeightGradSums``) and return it."""
     n, o, h_out, w_out = grad.shape
     c = x.shape[1]
     th, tw = _tiles(h_out, w_out)
     part = max(1, PART_VALUES // (16 * th * tw * max(c, o)))
-    du = None
+    du = into
     for i in range(0, n, part):
         k = min(part, n - i)
         tiles = _input_transform(x[i:i + k], padding, th, tw)  # [16, P, C]
@@ -185,10 +187,22 @@ def conv3x3_weight_grad(grad: torch.Tensor, x: torch.Tensor, padding: tuple) -> 
         dm = torch.stack((a, a + b, a - b, -b)).view(16, k * th * tw, o)  # (A dy) Aᵀ, position j·4 + i
         del rows, a, b
         if du is None:
-            du = torch.bmm(tiles.transpose(1, 2), dm)  # [16, C, O]
+            du = torch.bmm(dm.transpose(1, 2), tiles)  # [16, O, C]
         else:
-            du.baddbmm_(tiles.transpose(1, 2), dm)
+            du.baddbmm_(dm.transpose(1, 2), tiles)
         del tiles, dm
     assert du is not None
-    dw = _kernel_matrix(grad).t() @ du.transpose(1, 2).reshape(16, o * c)  # Gᵀ du G, [9, O·C]
-    return dw.t().reshape(o, c, 3, 3)
+    return du
+
+
+def weight_grad_from_tiles(du: torch.Tensor) -> torch.Tensor:
+    """``Gᵀ du G`` of :func:`weight_grad_tiles`'s ``[16, O, C]``: the weight gradient ``[O, C, 3, 3]``,
+    one matrix product that writes it in that layout (no transposing copy)."""
+    _, o, c = du.shape
+    return torch.mm(du.view(16, o * c).t(), _kernel_matrix(du)).view(o, c, 3, 3)  # [O·C, 9]
+
+
+def conv3x3_weight_grad(grad: torch.Tensor, x: torch.Tensor, padding: tuple) -> torch.Tensor:
+    """``dL/dW`` of :func:`conv3x3`: ``Gᵀ [Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)] G`` (the adjoint of the
+    forward in the kernel)."""
+    return weight_grad_from_tiles(weight_grad_tiles(grad, x, padding))
