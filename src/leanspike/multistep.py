@@ -706,7 +706,10 @@ def _weight_grad_as_conv(grad: torch.Tensor, x: torch.Tensor, padding: tuple) ->
 #: and 6×6 stages it took 0.6-0.8× the time of the kernel picked before (NNPACK, the unfolded
 #: product or oneDNN) from 16 samples, but up to 2.2× at 8 (bench/conv_kernels.py); whole BPTT
 #: iterations, interleaved and paired in one process: 0.97× at T = 6 (24 rounds), 0.94× at T = 10;
-#: from 8 samples instead, SLTT 1.03× and SLTT-K (K = 1) 1.05× (12 rounds)
+#: from 8 samples instead, SLTT 1.03× and SLTT-K (K = 1) 1.05× (12 rounds). Smaller calls take it
+#: too where a :class:`WeightGradSums` sums them before the adjoint transform, whose pass over
+#: 16·C·O values was the cost at 8 samples (per call at batch 8, 512 → 512 on 6×6: 3.0 against
+#: 5.2 ms for the shifted windows; SLTT at T = 6 0.96×, 13/14 rounds faster)
 WINOGRAD_DW_MIN_BATCH = 16
 
 
