@@ -250,6 +250,9 @@ def test_kernels_follow_the_cpus_vector_instructions(real_size_rules, monkeypatc
     monkeypatch.setattr(multistep, "WINOGRAD_MAX_BATCH", 16)
     assert not multistep._winograd_f23(torch.zeros(16, 128, 12, 12), weight, (1, 1), (1, 1))
     assert multistep._winograd_f23(torch.zeros(15, 128, 12, 12), weight, (1, 1), (1, 1))
+    # ... except on maps of at most WINOGRAD_ANY_BATCH_PIXELS output pixels, where it stays faster
+    assert multistep._winograd_f23(torch.zeros(48, 128, 6, 6), weight, (1, 1), (1, 1))
+    assert not multistep._winograd_f23(torch.zeros(48, 128, 8, 8), weight, (1, 1), (1, 1))
     monkeypatch.setattr(multistep, "WINOGRAD_MAX_BATCH", None)
     assert multistep._winograd_f23(torch.zeros(48, 128, 12, 12), weight, (1, 1), (1, 1))
     monkeypatch.setattr(multistep, "USE_NNPACK", False)

@@ -526,13 +526,23 @@ USE_NNPACK = _NNPACK and CPU_CAPABILITY != "AVX512"
 #: no-grad steps 0.97×); at SLTT's 8 it was a tie. On the earlier machines F(2×2, 3×3) beat
 #: oneDNN at every batch NNPACK does not take (docs/performance.md, "Kernels")
 WINOGRAD_MAX_BATCH = 16 if CPU_CAPABILITY == "AVX512" else None
+#: output pixels per sample up to which F(2×2, 3×3) is taken whatever the batch. On the AVX-512
+#: machine, per call at 16 to 80 samples, it took 0.65–0.8× oneDNN's time on VGG-11's 6×6 maps
+#: (512 → 512 at 48 samples: forward 18.5 against 23.9 ms, input gradient 17.7 against 25.0)
+#: and lost on its 12×12 ones (256 → 256: 25.8 against 25.0 and 31.9 against 23.9)
+WINOGRAD_ANY_BATCH_PIXELS = 36
 
 
 def _winograd_f23(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> bool:
     """Whether the forward (or, with the output gradient as ``x``, the input gradient) runs as
-    F(2×2, 3×3) (:mod:`leanspike.winograd`): where it applies, below :data:`WINOGRAD_MAX_BATCH`."""
-    return ((WINOGRAD_MAX_BATCH is None or x.shape[0] < WINOGRAD_MAX_BATCH)
-            and winograd.applies(x, weight, stride, padding))
+    F(2×2, 3×3) (:mod:`leanspike.winograd`): where it applies, below :data:`WINOGRAD_MAX_BATCH`
+    samples or on maps of at most :data:`WINOGRAD_ANY_BATCH_PIXELS` output pixels."""
+    if not winograd.applies(x, weight, stride, padding):
+        return False
+    if WINOGRAD_MAX_BATCH is None or x.shape[0] < WINOGRAD_MAX_BATCH:
+        return True
+    out = _out_size(x, weight, (stride, padding, (1, 1), 1))
+    return out[0] * out[1] <= WINOGRAD_ANY_BATCH_PIXELS
 
 
 #: in_channels·kh·kw below which a convolution runs as one matrix product over the unfolded
