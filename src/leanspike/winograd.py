@@ -19,6 +19,7 @@ of the formula in ``g``) are all here.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 #: G of F(2×2, 3×3): the kernel transform
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -120,21 +121,39 @@ def kernel_transform(weight: torch.Tensor) -> torch.Tensor:
     return u.view(16, o, c).transpose(1, 2)
 
 
+#: A of F(2×2, 3×3) (``y = Aᵀ m A``), row k for tile component k
+_A = ((1.0, 0.0), (1.0, 1.0), (1.0, -1.0), (0.0, -1.0))
+
+
+def _tile_matrix(like: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """``M[j·4 + i, r·2 + c] = A[i, r]·A[j, c]`` (components in their :data:`_SLOTS`): ``A d Aᵀ``
+    of a flattened 2×2 tile ``d`` as one ``[16, 4]`` matrix; its transpose maps a tile's 16
+    products to its 2×2 output (``Aᵀ m A``)."""
+    a = like.new_tensor(_A)[list(_SLOTS[flip])]  # the slots are an involution: row s[k] holds A[k]
+    return torch.einsum("ir,jc->jirc", a, a).reshape(16, 4)
+
+
 def _output_transform(m: torch.Tensor, n: int, th: int, tw: int, h_out: int, w_out: int,
                       flip: bool = False) -> torch.Tensor:
-    """``Aᵀ m A`` of every tile's product ``m`` ``[16, N·th·tw, O]``: the output ``[N, O, H, W]``."""
+    """``Aᵀ m A`` of every tile's product ``m`` ``[16, N·th·tw, O]``: the output ``[N, O, H, W]``.
+    One ``[4, 16]`` matrix product over all tiles and channels (a single pass over ``m``; as
+    additions over slices it took 1.4× the time on 12×12 maps), then one copy into place."""
     o = m.shape[-1]
-    s = _SLOTS[flip]
-    m = m.view(4, 4, n * th * tw, o)  # [j, i, tile, O]
-    half = m[:, s[1]] + m[:, s[2]]
-    rows = torch.stack((half + m[:, s[0]], m[:, s[1]] - m[:, s[2]] - m[:, s[3]]))  # [r, j, tile, O]: Aᵀ m
-    half = rows[:, s[1]] + rows[:, s[2]]
-    y = m.new_empty(n, th, 2, tw, 2, o)
-    cols = y.permute(4, 2, 0, 1, 3, 5)  # [c, r, N, th, tw, O]
-    shape = (2, n, th, tw, o)
-    torch.add(half.view(shape), rows[:, s[0]].view(shape), out=cols[0])
-    torch.sub((rows[:, s[1]] - rows[:, s[2]]).view(shape), rows[:, s[3]].view(shape), out=cols[1])
-    return y.view(n, 2 * th, 2 * tw, o)[:, :h_out, :w_out].permute(0, 3, 1, 2).contiguous()
+    r = torch.mm(_tile_matrix(m, flip).t(), m.view(16, -1)).view(2, 2, n, th, tw, o)  # [r, c, N, th, tw, O]
+    y = r.permute(2, 5, 3, 0, 4, 1).reshape(n, o, 2 * th, 2 * tw)
+    return y if (2 * th, 2 * tw) == (h_out, w_out) else y[:, :, :h_out, :w_out].contiguous()
+
+
+def _output_gradient_tiles(grad: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """``A dy Aᵀ`` of every 2×2 tile of the output gradient ``[N, O, H, W]`` (zero-padded to
+    whole tiles): ``[16, N·th·tw, O]``, the adjoint of :func:`_output_transform`. One copy
+    into tile order and one ``[16, 4]`` matrix product (2–2.7× faster than additions over slices)."""
+    n, o, h, w = grad.shape
+    if (h, w) != (2 * th, 2 * tw):
+        grad = F.pad(grad, (0, 2 * tw - w, 0, 2 * th - h))
+    g = grad.new_empty(2, 2, n, th, tw, o)  # [r, c, N, th, tw, O]
+    g.permute(2, 5, 3, 0, 4, 1).copy_(grad.reshape(n, o, th, 2, tw, 2))
+    return torch.mm(_tile_matrix(grad), g.view(4, -1)).view(16, n * th * tw, o)
 
 
 def conv3x3(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None, padding: tuple) -> torch.Tensor:
@@ -178,14 +197,7 @@ def weight_grad_tiles(grad: torch.Tensor, x: torch.Tensor, padding: tuple,
     for i in range(0, n, part):
         k = min(part, n - i)
         tiles = _input_transform(x[i:i + k], padding, th, tw)  # [16, P, C]
-        gp = grad.new_zeros(k, 2 * th, 2 * tw, o)  # the output gradient, channels-last, whole tiles
-        gp[:, :h_out, :w_out].copy_(grad[i:i + k].permute(0, 2, 3, 1))
-        g = gp.view(k, th, 2, tw, 2, o)
-        rows = torch.stack((g[:, :, 0], g[:, :, 0] + g[:, :, 1], g[:, :, 0] - g[:, :, 1], -g[:, :, 1]))  # A dy
-        del gp, g
-        a, b = rows[..., 0, :], rows[..., 1, :]  # [i, N, th, tw, O]
-        dm = torch.stack((a, a + b, a - b, -b)).view(16, k * th * tw, o)  # (A dy) Aᵀ, position j·4 + i
-        del rows, a, b
+        dm = _output_gradient_tiles(grad[i:i + k], th, tw)  # [16, P, O]
         if du is None:
             du = torch.bmm(dm.transpose(1, 2), tiles)  # [16, O, C]
         else:
