@@ -54,6 +54,24 @@ def test_weight_gradient_in_parts_is_the_whole(monkeypatch):
     torch.testing.assert_close(winograd.conv3x3_weight_grad(g, x, (1, 1)), want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(7, 3, 4, 6, 5), (5, 2, 3, 4, 4)])
+def test_forward_and_input_gradient_in_parts_are_the_whole(monkeypatch, shape):
+    """Big calls run over parts of the batch (bounded temporaries): the same values as one call."""
+    torch.manual_seed(0)
+    n, c, o, h, w = shape
+    x = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(o, c, 3, 3, dtype=torch.float64)
+    b = torch.randn(o, dtype=torch.float64)
+    ref = F.conv2d(x, weight, b, 1, (1, 1))
+    g = torch.randn_like(ref)
+    (want_x,) = torch.autograd.grad(ref, x, g)
+    kernels = winograd.kernel_transform(weight)
+    th, tw = winograd._tiles(h, w)
+    monkeypatch.setattr(winograd, "TRANSFORM_PART_VALUES", 2 * 16 * th * tw * max(c, o))  # two samples a part
+    torch.testing.assert_close(winograd.conv3x3(x.detach(), kernels, b, (1, 1)), ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(winograd.conv3x3_input_grad(g, kernels, (1, 1)), want_x, rtol=1e-12, atol=1e-12)
+
+
 def test_engine_takes_the_winograd_weight_gradient_from_16_samples_in_float32(monkeypatch):
     """Calls of at least WINOGRAD_DW_MIN_BATCH samples that F(2×2, 3×3) applies to compute their
     weight gradient with it (fewer keep the picks measured faster at batch 8): PyTorch's float64

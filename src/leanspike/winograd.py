@@ -156,26 +156,45 @@ def _output_gradient_tiles(grad: torch.Tensor, th: int, tw: int) -> torch.Tensor
     return torch.mm(_tile_matrix(grad), g.view(4, -1)).view(16, n * th * tw, o)
 
 
+#: transformed values one part of :func:`conv3x3` and :func:`conv3x3_input_grad` holds at once
+#: (4 MiB in float32): the transformed input, its products and their output transform hold
+#: about 4× the input each, so a whole batch of BPTT's (T·B samples) raised its peak resident
+#: memory by 30–60 MiB at T = 10; parts of ~16 samples on VGG-11's 6×6 maps took no longer
+TRANSFORM_PART_VALUES = 1 << 20
+
+
+def _in_parts(x: torch.Tensor, kernels: torch.Tensor, padding: tuple, flip: bool, bias: torch.Tensor | None
+              ) -> torch.Tensor:
+    """F(2×2, 3×3) of ``x`` ``[N, C, H, W]`` with ``kernels`` ``[16, C, O]`` (transformed), over parts
+    of the batch of at most :data:`TRANSFORM_PART_VALUES` transformed values each."""
+    n, c, h, w = x.shape
+    o = kernels.shape[-1]
+    h_out, w_out = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
+    th, tw = _tiles(h_out, w_out)
+    part = max(1, TRANSFORM_PART_VALUES // (16 * th * tw * max(c, o)))
+    if part >= n:
+        y = _output_transform(torch.bmm(_input_transform(x, padding, th, tw, flip), kernels), n, th, tw,
+                              h_out, w_out, flip)
+    else:
+        y = x.new_empty(n, o, h_out, w_out)
+        for i in range(0, n, part):
+            k = min(part, n - i)
+            m = torch.bmm(_input_transform(x[i:i + k], padding, th, tw, flip), kernels)
+            y[i:i + k] = _output_transform(m, k, th, tw, h_out, w_out, flip)
+            del m
+    return y if bias is None else y.add_(bias.view(1, -1, 1, 1))
+
+
 def conv3x3(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None, padding: tuple) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, 1, padding)`` for a 3×3 ``weight`` given as
     ``kernels = kernel_transform(weight)`` (see :func:`applies`)."""
-    n, _, h, w = x.shape
-    h_out, w_out = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
-    th, tw = _tiles(h_out, w_out)
-    m = torch.bmm(_input_transform(x, padding, th, tw), kernels)
-    y = _output_transform(m, n, th, tw, h_out, w_out)
-    return y if bias is None else y.add_(bias.view(1, -1, 1, 1))
+    return _in_parts(x, kernels, padding, False, bias)
 
 
 def conv3x3_input_grad(grad: torch.Tensor, kernels: torch.Tensor, padding: tuple) -> torch.Tensor:
     """``dL/dx`` of :func:`conv3x3`: the output gradient convolved with the flipped, transposed
     kernel, from the same ``kernels`` (its tile components 0 and 3 swapped, see :data:`_SLOTS`)."""
-    n, _, h, w = grad.shape
-    pad = (2 - padding[0], 2 - padding[1])
-    h_out, w_out = h + 2 * pad[0] - 2, w + 2 * pad[1] - 2
-    th, tw = _tiles(h_out, w_out)
-    m = torch.bmm(_input_transform(grad, pad, th, tw, flip=True), kernels.transpose(1, 2))
-    return _output_transform(m, n, th, tw, h_out, w_out, flip=True)
+    return _in_parts(grad, kernels.transpose(1, 2), (2 - padding[0], 2 - padding[1]), True, None)
 
 
 #: transformed values (input or output gradient tiles) one part of :func:`conv3x3_weight_grad`
