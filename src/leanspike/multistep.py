@@ -640,16 +640,13 @@ class WeightGradSums:
         return (weight.is_leaf and weight.requires_grad and not weight._backward_hooks
                 and not getattr(weight, "_post_accumulate_grad_hooks", None))
 
-    def _sum(self, weight: torch.Tensor, kind: str, shape: tuple[int, ...]) -> torch.Tensor:
-        hit = self._sums.get((id(weight), kind))
-        if hit is None or hit[0] is not weight:
-            hit = (weight, weight.new_zeros(shape))
-            self._sums[(id(weight), kind)] = hit
-        return hit[1]
-
     def sum_for(self, weight: torch.Tensor) -> torch.Tensor:
         """The running ``[kh, kw, O, C]`` sum for ``weight`` (zeros at first)."""
-        return self._sum(weight, "shifted", (*weight.shape[2:], *weight.shape[:2]))
+        hit = self._sums.get((id(weight), "shifted"))
+        if hit is None or hit[0] is not weight:
+            hit = (weight, weight.new_zeros(*weight.shape[2:], *weight.shape[:2]))
+            self._sums[(id(weight), "shifted")] = hit
+        return hit[1]
 
     def add_tiles(self, weight: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, padding: tuple) -> None:
         """Add one call's F(2×2, 3×3) weight gradient of a 3×3 ``weight``, before the adjoint
