@@ -18,6 +18,8 @@ of the formula in ``g``) are all here.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -108,8 +110,15 @@ def _input_transform(x: torch.Tensor, padding: tuple, th: int, tw: int, flip: bo
 
 
 def _kernel_matrix(like: torch.Tensor) -> torch.Tensor:
-    """``K[j·4 + i, k·3 + l] = G[i, k]·G[j, l]``: ``G g Gᵀ`` of a flattened kernel, as one matrix."""
-    g = like.new_tensor(_G)
+    """``K[j·4 + i, k·3 + l] = G[i, k]·G[j, l]``: ``G g Gᵀ`` of a flattened kernel, as one matrix
+    (made once per dtype and device: read-only)."""
+    return _kernel_matrix_for(like.dtype, like.device)
+
+
+@lru_cache(maxsize=None)
+@torch.inference_mode(False)  # a normal tensor even if first made under inference mode
+def _kernel_matrix_for(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    g = torch.tensor(_G, dtype=dtype, device=device)
     return torch.einsum("ik,jl->jikl", g, g).reshape(16, 9)
 
 
@@ -128,8 +137,15 @@ _A = ((1.0, 0.0), (1.0, 1.0), (1.0, -1.0), (0.0, -1.0))
 def _tile_matrix(like: torch.Tensor, flip: bool = False) -> torch.Tensor:
     """``M[j·4 + i, r·2 + c] = A[i, r]·A[j, c]`` (components in their :data:`_SLOTS`): ``A d Aᵀ``
     of a flattened 2×2 tile ``d`` as one ``[16, 4]`` matrix; its transpose maps a tile's 16
-    products to its 2×2 output (``Aᵀ m A``)."""
-    a = like.new_tensor(_A)[list(_SLOTS[flip])]  # the slots are an involution: row s[k] holds A[k]
+    products to its 2×2 output (``Aᵀ m A``). Made once per dtype, device and ``flip`` (read-only):
+    building it at every call took 2% of an SLTT iteration."""
+    return _tile_matrix_for(like.dtype, like.device, flip)
+
+
+@lru_cache(maxsize=None)
+@torch.inference_mode(False)
+def _tile_matrix_for(dtype: torch.dtype, device: torch.device, flip: bool) -> torch.Tensor:
+    a = torch.tensor(_A, dtype=dtype, device=device)[list(_SLOTS[flip])]  # the slots are an involution
     return torch.einsum("ir,jc->jirc", a, a).reshape(16, 4)
 
 
@@ -163,11 +179,20 @@ def _output_gradient_tiles(grad: torch.Tensor, th: int, tw: int) -> torch.Tensor
     return torch.mm(_tile_matrix(grad), g.view(4, -1)).view(16, n * th * tw, o)
 
 
-#: transformed values one part of :func:`conv3x3` and :func:`conv3x3_input_grad` holds at once
-#: (4 MiB in float32): the transformed input, its products and their output transform hold
+#: transformed values one part of :func:`conv3x3` and :func:`conv3x3_input_grad` holds at most
+#: (8 MiB in float32): the transformed input, its products and their output transform hold
 #: about 4× the input each, so a whole batch of BPTT's (T·B samples) raised its peak resident
-#: memory by 30–60 MiB at T = 10; parts of ~16 samples on VGG-11's 6×6 maps took no longer
-TRANSFORM_PART_VALUES = 1 << 20
+#: memory by 30–60 MiB at T = 10; parts of 14-28 samples on VGG-11's 6×6 maps took no longer.
+#: Big enough for a whole SLTT step of 8 samples (256 channels on 12×12 maps: 1.2M values):
+#: at 1M it ran as parts of 7 and 1, the second reading the whole transformed kernel for one sample
+TRANSFORM_PART_VALUES = 1 << 21
+
+
+def batch_parts(n: int, per_sample: int, limit: int) -> int:
+    """Samples per part when ``n`` samples of ``per_sample`` values each are cut into the fewest
+    parts of at most ``limit`` values (at least one sample), as even as they go."""
+    cap = max(1, limit // per_sample)
+    return -(-n // -(-n // cap))  # ceil(n / parts), parts = ceil(n / cap): at most cap
 
 
 def _in_parts(x: torch.Tensor, kernels: torch.Tensor, padding: tuple, flip: bool, bias: torch.Tensor | None
@@ -178,7 +203,7 @@ def _in_parts(x: torch.Tensor, kernels: torch.Tensor, padding: tuple, flip: bool
     o = kernels.shape[-1]
     h_out, w_out = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
     th, tw = _tiles(h_out, w_out)
-    part = max(1, TRANSFORM_PART_VALUES // (16 * th * tw * max(c, o)))
+    part = batch_parts(n, 16 * th * tw * max(c, o), TRANSFORM_PART_VALUES)
     if part >= n:
         y = _output_transform(torch.bmm(_input_transform(x, padding, th, tw, flip), kernels), n, th, tw,
                               h_out, w_out, flip)
@@ -218,7 +243,7 @@ def weight_grad_tiles(grad: torch.Tensor, x: torch.Tensor, padding: tuple,
     n, o, h_out, w_out = grad.shape
     c = x.shape[1]
     th, tw = _tiles(h_out, w_out)
-    part = max(1, PART_VALUES // (16 * th * tw * max(c, o)))
+    part = batch_parts(n, 16 * th * tw * max(c, o), PART_VALUES)
     du = into
     for i in range(0, n, part):
         k = min(part, n - i)
