@@ -8,6 +8,7 @@ up to rounding). The saved-bytes test spells out what one step keeps for backwar
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from leanspike import BPTT, LIF, SLTT, SLTTK, TBPTT, OTTT, Sigmoid
 from leanspike import engine as engine_module
@@ -407,12 +408,38 @@ def test_small_map_weight_gradient_in_parts_is_the_whole(float64, monkeypatch):
     x = torch.randn(7, 3, 5, 5)
     g = torch.randn(7, 4, 5, 5)
     whole = multistep._weight_grad_shifted(g, x, conv.weight, (1, 1), (1, 1))
-    monkeypatch.setattr(multistep, "SHIFT_VALUES", 2 * 3 * 7 * 7)  # two samples per part: four parts
+    monkeypatch.setattr(multistep, "SHIFT_VALUES", 2 * 4 * 5 * 5)  # two samples per part: four parts
     parts = multistep._weight_grad_shifted(g, x, conv.weight, (1, 1), (1, 1))
     ref = torch.ops.aten.convolution_backward(g, x, conv.weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                               [False, True, False])[1]
     torch.testing.assert_close(whole, ref, **TOL)
     torch.testing.assert_close(parts, ref, **TOL)
+
+
+@pytest.mark.parametrize("size, k, stride, padding", [
+    ((3, 3), 3, 1, 1),  # VGG-11's last stage: 49 of 81 products inside the map
+    ((7, 6), 3, 2, 1),  # strided, odd sizes
+    ((5, 5), 5, 1, 2),
+    ((4, 4), 3, 1, 0),  # no padding: every position inside
+    ((2, 2), 3, 1, 3),  # padding wider than the map: some kernel positions see only zeros
+    ((8, 7), 5, 3, 2),
+])
+def test_small_map_weight_gradient_leaves_out_the_padding(float64, size, k, stride, padding):
+    """Each kernel position's product runs over the outputs whose input lies inside the map only:
+    PyTorch's gradient for every stride and padding, and added in place into a running sum."""
+    from leanspike import multistep
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, *size)
+    weight = torch.randn(5, 4, k, k, requires_grad=True)
+    y = F.conv2d(x, weight, None, stride, padding)
+    g = torch.randn_like(y)
+    (want,) = torch.autograd.grad(y, weight, g)
+    torch.testing.assert_close(multistep._weight_grad_shifted(g, x, weight, (stride,) * 2, (padding,) * 2), want,
+                               rtol=1e-12, atol=1e-12)
+    total = torch.ones(k, k, 5, 4)
+    assert multistep._weight_grad_shifted(g, x, weight, (stride,) * 2, (padding,) * 2, into=total) is None
+    torch.testing.assert_close(total.permute(2, 3, 0, 1) - 1, want, rtol=1e-12, atol=1e-12)
 
 
 def test_long_intervals_run_in_parts_with_the_same_gradients(float64, monkeypatch):
