@@ -55,18 +55,20 @@ def test_weight_gradient_in_parts_is_the_whole(monkeypatch):
 
 
 @pytest.mark.parametrize("n, per_sample, limit, part", [
-    (8, 147456, 1 << 21, 8),  # SLTT's step on 256-channel 12x12 maps: whole (was 7 + 1 at 1 << 20)
-    (8, 147456, 1 << 20, 4),  # over the limit: two even parts, not 7 + 1
-    (48, 73728, 1 << 21, 24),  # BPTT's 48 samples on 512-channel 6x6 maps: 2 parts
+    (8, 147456, 1 << 20, 8),  # SLTT's step on 256-channel 12x12 maps: whole (it ran as 7 + 1)
+    (48, 73728, 1 << 20, 12),  # BPTT's 48 samples on 512-channel 6x6 maps: 4 even parts
+    (80, 73728, 1 << 20, 14),  # 6 parts: 14, ..., 14, 10
     (7, 10, 20, 2),  # 4 parts: 2, 2, 2, 1
     (3, 500, 100, 1),  # one sample over the limit: one a part
-    (5, 10, 25, 2),  # 3 parts: 2, 2, 1 (not 3 + 2, over the limit)
+    (5, 10, 15, 1),  # 50 values > 2 x 15: parts of at most 15 values, 1 sample
+    (5, 10, 24, 2),  # 3 parts: 2, 2, 1 (not 3 + 2, over the limit)
+    (5, 10, 25 + 1, 5),  # 50 values <= 2 x 26: whole
 ])
 def test_batch_parts_are_the_fewest_and_even(n, per_sample, limit, part):
     assert winograd.batch_parts(n, per_sample, limit) == part
-    parts = -(-n // part)
-    assert part * per_sample <= max(limit, per_sample)
-    assert parts == -(-n // max(1, limit // per_sample))  # no more parts than the limit needs
+    if part < n:
+        assert part * per_sample <= max(limit, per_sample)
+        assert -(-n // part) == -(-n // max(1, limit // per_sample))  # no more parts than the limit needs
 
 
 @pytest.mark.parametrize("shape", [(7, 3, 4, 6, 5), (5, 2, 3, 4, 4)])

@@ -180,17 +180,20 @@ def _output_gradient_tiles(grad: torch.Tensor, th: int, tw: int) -> torch.Tensor
 
 
 #: transformed values one part of :func:`conv3x3` and :func:`conv3x3_input_grad` holds at most
-#: (8 MiB in float32): the transformed input, its products and their output transform hold
+#: (4 MiB in float32): the transformed input, its products and their output transform hold
 #: about 4× the input each, so a whole batch of BPTT's (T·B samples) raised its peak resident
-#: memory by 30–60 MiB at T = 10; parts of 14-28 samples on VGG-11's 6×6 maps took no longer.
-#: Big enough for a whole SLTT step of 8 samples (256 channels on 12×12 maps: 1.2M values):
-#: at 1M it ran as parts of 7 and 1, the second reading the whole transformed kernel for one sample
-TRANSFORM_PART_VALUES = 1 << 21
+#: memory by 30–60 MiB at T = 10; parts of 12-14 samples on VGG-11's 6×6 maps took no longer
+TRANSFORM_PART_VALUES = 1 << 20
 
 
 def batch_parts(n: int, per_sample: int, limit: int) -> int:
-    """Samples per part when ``n`` samples of ``per_sample`` values each are cut into the fewest
-    parts of at most ``limit`` values (at least one sample), as even as they go."""
+    """Samples per part when ``n`` samples of ``per_sample`` values each are cut into parts of at
+    most ``limit`` values (at least one sample), as few and as even as they go. A call of up to
+    twice the limit runs whole: each part reads all the transformed kernels again, and an SLTT
+    step of 8 samples on 256-channel 12×12 maps (1.2M values) ran as parts of 7 and 1 (SLTT at
+    T = 6 took 0.968× the time whole)."""
+    if n * per_sample <= 2 * limit:
+        return n
     cap = max(1, limit // per_sample)
     return -(-n // -(-n // cap))  # ceil(n / parts), parts = ceil(n / cap): at most cap
 
