@@ -3,7 +3,9 @@
     python bench/conv_kernels.py                    # batches 8, 16, 48; 2 threads
     python bench/conv_kernels.py --batches 8,48 --threads 1
 
-leanspike picks a kernel per call by size (``leanspike.multistep``): NNPACK's Winograd for
+leanspike picks a kernel per call by size (``leanspike.multistep``): on AVX-512 CPUs
+F(4×4, 3×3) in PyTorch ops (``leanspike.winograd_f43``) for every pass of 3×3 convolutions
+with ≥ 64 channels on maps of 8×8 to 16×16 and, under 16 samples, larger; NNPACK's Winograd for
 the forward and input gradient of big stride-1 calls, F(2×2, 3×3) in PyTorch ops with the
 kernels transformed once per batch (``leanspike.winograd``) for those of small-batch calls
 with ≥ 128 channels on maps of ≥ 6×6, NNPACK for big calls' weight gradient on
@@ -50,6 +52,7 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 F23 = "F(2x2,3x3), cached kernels"
+F43 = "F(4x4,3x3), cached kernels"
 
 
 def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Callable[[], object]]]:
@@ -102,6 +105,13 @@ def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Ca
         out["forward"][F23] = lambda: winograd.conv3x3(x, kernels, bias, (1, 1))
         out["dX"][F23] = lambda: winograd.conv3x3_input_grad(g, kernels, (1, 1))
         out["dW"][F23] = lambda: winograd.conv3x3_weight_grad(g, x, (1, 1))
+    if cin >= 16:  # F(4×4, 3×3), its kernels (and the flipped ones) transformed once per batch too
+        from leanspike import winograd_f43
+
+        k43, flipped = winograd_f43.kernel_transform(w), winograd_f43.flipped_kernel_transform(w)
+        out["forward"][F43] = lambda: winograd_f43.conv3x3(x, k43, bias, (1, 1))
+        out["dX"][F43] = lambda: winograd_f43.conv3x3_input_grad(g, flipped, (1, 1))
+        out["dW"][F43] = lambda: winograd_f43.conv3x3_weight_grad(g, x, (1, 1))
     if torch._nnpack_available():
         out["forward"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(x, w, bias, one, one)
         out["dX"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(
@@ -122,9 +132,10 @@ def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     if cin * 9 < ms.SHALLOW_DEPTH:
         return {"forward": "unfold + matmul", "dX": "unfold + matmul", "dW": "unfold + matmul"}
     g = torch.empty(n, cout, size, size)
-    dw = {"winograd": F23, "nnpack": "NNPACK, samples as channels", "shifted": "shifted windows",
+    dw = {"winograd43": F43, "winograd": F23, "nnpack": "NNPACK, samples as channels", "shifted": "shifted windows",
           "oneDNN": "oneDNN"}[ms.weight_grad_kernel(g, x, w, (1, 1), (1, 1))]
     kernel = ("NNPACK Winograd" if ms._winograd(x, w, (1, 1), (1, 1))
+              else F43 if ms._winograd_f43(x, w, (1, 1), (1, 1))
               else F23 if ms._winograd_f23(x, w, (1, 1), (1, 1)) else "oneDNN")
     return {"forward": kernel, "dX": kernel, "dW": dw}
 

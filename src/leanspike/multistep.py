@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import lif_compiled, norm_lif, pooling, winograd
+from . import lif_compiled, norm_lif, pooling, winograd, winograd_f43
 from .compact import mark_binary, mark_derived
 from .layers import (Scale, SequenceDropout, WSConv2d, WSLinear, is_step_norm, norm_sequence, step_norm_forward,
                      update_running_stats)
@@ -545,6 +545,30 @@ def _winograd_f23(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding:
     return out[0] * out[1] <= WINOGRAD_ANY_BATCH_PIXELS
 
 
+#: Whether F(4×4, 3×3) (:mod:`leanspike.winograd_f43`) is taken where it applies: measured on
+#: the AVX-512 machine only. Per call there (VGG-11's stages, 2 threads, ``bench/conv_kernels.py``),
+#: on 12×12 maps it took 0.5–0.8× the time of the kernel picked before at 8 samples and at 48
+#: (256 → 256, 48 samples: forward 14.6 against 25.8 ms for oneDNN, input gradient 14.6 against
+#: 23.8, weight gradient 14.3 against 27.1), and on 24×24 maps (64 → 128) 0.77–0.91× at 8
+WINOGRAD43 = CPU_CAPABILITY == "AVX512"
+#: output pixels per sample up to which F(4×4, 3×3) is taken at any batch; on bigger maps
+#: only below :data:`WINOGRAD_MAX_BATCH` samples (64 → 128 on 24×24 maps at 48 samples: forward
+#: 0.87×, but input and weight gradients 1.2× and 1.3× oneDNN's time)
+WINOGRAD43_ANY_BATCH_PIXELS = 256
+
+
+def _winograd_f43(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> bool:
+    """Whether the forward (or, with the output gradient as ``x``, the input or weight gradient)
+    runs as F(4×4, 3×3): where it applies, on this CPU, below :data:`WINOGRAD_MAX_BATCH` samples
+    or on maps of at most :data:`WINOGRAD43_ANY_BATCH_PIXELS` output pixels."""
+    if not (WINOGRAD43 and winograd_f43.applies(x, weight, stride, padding)):
+        return False
+    if WINOGRAD_MAX_BATCH is None or x.shape[0] < WINOGRAD_MAX_BATCH:
+        return True
+    out = _out_size(x, weight, (stride, padding, (1, 1), 1))
+    return out[0] * out[1] <= WINOGRAD43_ANY_BATCH_PIXELS
+
+
 #: in_channels·kh·kw below which a convolution runs as one matrix product over the unfolded
 #: input (:func:`_conv_step`): oneDNN pads few input channels to a whole block; the first layer
 #: on 2-channel events, batch 8: 1.0 ms against 5.5 ms for oneDNN and 6.6 ms for oneDNN channels-last
@@ -621,6 +645,10 @@ def _weight_grad_shifted(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     return None if into is not None else dw.permute(2, 3, 0, 1).contiguous()
 
 
+#: the module of each Winograd weight-gradient kernel :func:`weight_grad_kernel` names
+_WINOGRAD_ALGORITHMS = {"winograd": winograd, "winograd43": winograd_f43}
+
+
 class WeightGradSums:
     """Context manager: while active, the weight gradients that :func:`_weight_grad_shifted`
     and F(2×2, 3×3) (:func:`~leanspike.winograd.weight_grad_tiles`) make for leaf weights
@@ -656,20 +684,24 @@ class WeightGradSums:
             self._sums[(id(weight), "shifted")] = hit
         return hit[1]
 
-    def add_tiles(self, weight: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, padding: tuple) -> None:
-        """Add one call's F(2×2, 3×3) weight gradient of a 3×3 ``weight``, before the adjoint
-        transform (:func:`~leanspike.winograd.weight_grad_tiles`, ``[16, O, C]``), to its running
-        sum; the first call's product is the sum (no zeros to fill)."""
-        hit = self._sums.get((id(weight), "winograd"))
+    def add_tiles(self, weight: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, padding: tuple,
+                  kind: str = "winograd") -> None:
+        """Add one call's Winograd weight gradient of a 3×3 ``weight``, before the adjoint
+        transform (``weight_grad_tiles`` of :mod:`~leanspike.winograd` for ``kind`` "winograd",
+        ``[16, O, C]``, or of :mod:`~leanspike.winograd_f43` for "winograd43", ``[36, O, C]``), to
+        its running sum; the first call's product is the sum (no zeros to fill)."""
+        algorithm = _WINOGRAD_ALGORITHMS[kind]
+        hit = self._sums.get((id(weight), kind))
         if hit is None or hit[0] is not weight:
-            self._sums[(id(weight), "winograd")] = (weight, winograd.weight_grad_tiles(grad, x, padding))
+            self._sums[(id(weight), kind)] = (weight, algorithm.weight_grad_tiles(grad, x, padding))
         else:
-            winograd.weight_grad_tiles(grad, x, padding, into=hit[1])
+            algorithm.weight_grad_tiles(grad, x, padding, into=hit[1])
 
     def flush(self) -> None:
         """Add every sum to its weight's ``.grad`` (set it where it is None) and start again."""
         for (_, kind), (weight, total) in self._sums.items():
-            grad = total.permute(2, 3, 0, 1) if kind == "shifted" else winograd.weight_grad_from_tiles(total)
+            grad = (total.permute(2, 3, 0, 1) if kind == "shifted"
+                    else _WINOGRAD_ALGORITHMS[kind].weight_grad_from_tiles(total))
             if weight.grad is None:
                 weight.grad = grad.contiguous()
             else:
@@ -730,11 +762,14 @@ WINOGRAD_DW_MIN_BATCH = 16
 
 def weight_grad_kernel(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: tuple,
                        padding: tuple, summed: bool = False) -> str:
-    """The kernel :class:`Conv2dSequence` takes for a weight gradient: ``"winograd"`` (F(2×2, 3×3)),
-    ``"nnpack"`` (:func:`_weight_grad_as_conv`), ``"shifted"`` (:func:`_weight_grad_shifted`) or
-    ``"oneDNN"``. ``summed``: the gradient goes to a :class:`WeightGradSums`, where F(2×2, 3×3)
-    pays at any batch (below :data:`WINOGRAD_DW_MIN_BATCH` samples its adjoint transform runs
-    once per batch, not per call)."""
+    """The kernel :class:`Conv2dSequence` takes for a weight gradient: ``"winograd43"`` (F(4×4, 3×3),
+    where :func:`_winograd_f43` says so), ``"winograd"`` (F(2×2, 3×3)), ``"nnpack"``
+    (:func:`_weight_grad_as_conv`), ``"shifted"`` (:func:`_weight_grad_shifted`) or ``"oneDNN"``.
+    ``summed``: the gradient goes to a :class:`WeightGradSums`, where F(2×2, 3×3) pays at any
+    batch (below :data:`WINOGRAD_DW_MIN_BATCH` samples its adjoint transform runs once per
+    batch, not per call)."""
+    if _winograd_f43(x, weight, stride, padding):
+        return "winograd43"
     if (WINOGRAD_DW_MIN_BATCH and (summed or grad.shape[0] >= WINOGRAD_DW_MIN_BATCH)
             and winograd.applies(x, weight, stride, padding)):
         return "winograd"
@@ -754,9 +789,14 @@ class Conv2dSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride: tuple, padding: tuple):  # type: ignore[override]
-        ctx.kernels = None
+        ctx.kernels, ctx.f43 = None, None
         if _unfolds(weight):  # few input channels (the first layer), many outputs: unfold + matmul
             out = _conv_step(x, weight, bias, (stride, padding, (1, 1), 1))
+        elif _winograd_f43(x, weight, stride, padding):
+            # the weight itself (saved tensors come back as new objects): its flipped kernels for
+            # the input gradient are made once per batch too, keyed on it (KernelCache)
+            ctx.f43 = weight
+            out = winograd_f43.conv3x3(x, winograd.transformed(weight, winograd_f43.kernel_transform), bias, padding)
         elif _winograd(x, weight, stride, padding):
             out = torch.ops.aten._nnpack_spatial_convolution(x, weight, bias, list(padding), list(stride))
         elif _winograd_f23(x, weight, stride, padding):  # small batches (SLTT's steps)
@@ -784,7 +824,10 @@ class Conv2dSequence(torch.autograd.Function):
         if _unfolds(weight):  # as the forward ran it
             return (*_conv_step_backward(grad, x, weight, ctx.has_bias, (stride, padding, (1, 1), 1), list(need[:3])),
                     None, None)
-        if need[0] and ctx.kernels is not None:
+        if need[0] and ctx.f43 is not None:
+            grad_x = winograd_f43.conv3x3_input_grad(
+                grad, winograd.transformed(ctx.f43, winograd_f43.flipped_kernel_transform), padding)
+        elif need[0] and ctx.kernels is not None:
             grad_x = winograd.conv3x3_input_grad(grad, ctx.kernels, padding)
         elif need[0]:
             k = weight.shape[2:]
@@ -799,14 +842,15 @@ class Conv2dSequence(torch.autograd.Function):
         sums = WeightGradSums.current() if ctx.leaf is not None else None
         kernel = weight_grad_kernel(grad, x, weight, stride, padding, sums is not None) if need[1] else "oneDNN"
         if kernel != "oneDNN":
-            if kernel == "winograd" and sums is not None and grad.shape[0] < WINOGRAD_DW_MIN_BATCH:
+            if kernel in _WINOGRAD_ALGORITHMS and sums is not None and grad.shape[0] < WINOGRAD_DW_MIN_BATCH:
                 # a small call (SLTT's steps) among many for this weight: sum before the adjoint
                 # transform; a big one (BPTT's: once per weight and batch) transforms at once
-                # instead of holding 16·C·O values to the end of the batch
-                sums.add_tiles(ctx.leaf, grad, x, padding)
+                # instead of holding 16·C·O (36·C·O) values to the end of the batch
+                sums.add_tiles(ctx.leaf, grad, x, padding, kernel)
                 grad_w = None
             else:
-                grad_w = (winograd.conv3x3_weight_grad(grad, x, padding) if kernel == "winograd"
+                grad_w = (_WINOGRAD_ALGORITHMS[kernel].conv3x3_weight_grad(grad, x, padding)
+                          if kernel in _WINOGRAD_ALGORITHMS
                           else _weight_grad_as_conv(grad, x, padding) if kernel == "nnpack"
                           else _weight_grad_shifted(grad, x, weight, stride, padding,
                                                     None if sums is None else sums.sum_for(ctx.leaf)))

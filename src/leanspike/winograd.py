@@ -19,6 +19,7 @@ of the formula in ``g``) are all here.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,16 +51,17 @@ class KernelCache:
     _active: list["KernelCache"] = []
 
     def __init__(self) -> None:
-        self._kernels: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._kernels: dict[tuple[int, Callable], tuple[torch.Tensor, int, torch.Tensor]] = {}
 
-    def get(self, weight: torch.Tensor) -> torch.Tensor:
+    def get(self, weight: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``transform(weight)``, made once while ``weight`` is unchanged."""
         if not weight.is_leaf:  # made anew at every call (e.g. standardised): nothing to reuse
-            return kernel_transform(weight)
-        hit = self._kernels.get(id(weight))
+            return transform(weight)
+        hit = self._kernels.get((id(weight), transform))
         if hit is not None and hit[0] is weight and hit[1] == weight._version:
             return hit[2]
-        kernels = kernel_transform(weight)
-        self._kernels[id(weight)] = (weight, weight._version, kernels)
+        kernels = transform(weight)
+        self._kernels[(id(weight), transform)] = (weight, weight._version, kernels)
         return kernels
 
     def __enter__(self) -> "KernelCache":
@@ -71,13 +73,11 @@ class KernelCache:
         self._kernels.clear()
 
 
-def transformed(weight: torch.Tensor) -> torch.Tensor:
-    """:func:`kernel_transform` of ``weight``, from the innermost active :class:`KernelCache` if any."""
-    return KernelCache._active[-1].get(weight) if KernelCache._active else kernel_transform(weight)
-
-
-def _tiles(h_out: int, w_out: int) -> tuple[int, int]:
-    return (h_out + 1) // 2, (w_out + 1) // 2
+def transformed(weight: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``transform(weight)`` (default :func:`kernel_transform`), from the innermost active
+    :class:`KernelCache` if any."""
+    transform = kernel_transform if transform is None else transform
+    return KernelCache._active[-1].get(weight, transform) if KernelCache._active else transform(weight)
 
 
 #: slot of each transform component: the identity, or 0 ↔ 3 swapped. Flipping a 3×3 kernel
@@ -198,26 +198,35 @@ def batch_parts(n: int, per_sample: int, limit: int) -> int:
     return -(-n // -(-n // cap))  # ceil(n / parts), parts = ceil(n / cap): at most cap
 
 
-def _in_parts(x: torch.Tensor, kernels: torch.Tensor, padding: tuple, flip: bool, bias: torch.Tensor | None
-              ) -> torch.Tensor:
-    """F(2×2, 3×3) of ``x`` ``[N, C, H, W]`` with ``kernels`` ``[16, C, O]`` (transformed), over parts
-    of the batch of at most :data:`TRANSFORM_PART_VALUES` transformed values each."""
+def in_parts(x: torch.Tensor, kernels: torch.Tensor, padding: tuple, bias: torch.Tensor | None, tile: int,
+             input_transform: Callable, output_transform: Callable) -> torch.Tensor:
+    """A Winograd convolution of ``x`` ``[N, C, H, W]`` with ``kernels`` ``[k, C, O]`` (transformed,
+    ``k`` tile components, ``tile``×``tile`` output tiles), over parts of the batch of at most
+    :data:`TRANSFORM_PART_VALUES` transformed values each: ``input_transform(x, padding, th, tw)``
+    ``[k, P, C]``, one batched product, ``output_transform(m, n, th, tw, h_out, w_out, out=None)``."""
     n, c, h, w = x.shape
-    o = kernels.shape[-1]
+    k, o = kernels.shape[0], kernels.shape[-1]
     h_out, w_out = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
-    th, tw = _tiles(h_out, w_out)
-    part = batch_parts(n, 16 * th * tw * max(c, o), TRANSFORM_PART_VALUES)
+    th, tw = -(-h_out // tile), -(-w_out // tile)
+    part = batch_parts(n, k * th * tw * max(c, o), TRANSFORM_PART_VALUES)
     if part >= n:
-        y = _output_transform(torch.bmm(_input_transform(x, padding, th, tw, flip), kernels), n, th, tw,
-                              h_out, w_out, flip)
+        y = output_transform(torch.bmm(input_transform(x, padding, th, tw), kernels), n, th, tw, h_out, w_out)
     else:
         y = x.new_empty(n, o, h_out, w_out)
         for i in range(0, n, part):
-            k = min(part, n - i)
-            m = torch.bmm(_input_transform(x[i:i + k], padding, th, tw, flip), kernels)
-            _output_transform(m, k, th, tw, h_out, w_out, flip, out=y[i:i + k])
+            size = min(part, n - i)
+            m = torch.bmm(input_transform(x[i:i + size], padding, th, tw), kernels)
+            output_transform(m, size, th, tw, h_out, w_out, out=y[i:i + size])
             del m
     return y if bias is None else y.add_(bias.view(1, -1, 1, 1))
+
+
+def _in_parts(x: torch.Tensor, kernels: torch.Tensor, padding: tuple, flip: bool, bias: torch.Tensor | None
+              ) -> torch.Tensor:
+    """F(2×2, 3×3) of ``x`` with ``kernels`` ``[16, C, O]`` (components swapped if ``flip``), in parts."""
+    return in_parts(x, kernels, padding, bias, 2,
+                    lambda v, p, th, tw: _input_transform(v, p, th, tw, flip),
+                    lambda m, n, th, tw, h, w, out=None: _output_transform(m, n, th, tw, h, w, flip, out))
 
 
 def conv3x3(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None, padding: tuple) -> torch.Tensor:
@@ -237,28 +246,35 @@ def conv3x3_input_grad(grad: torch.Tensor, kernels: torch.Tensor, padding: tuple
 PART_VALUES = 1 << 22
 
 
-def weight_grad_tiles(grad: torch.Tensor, x: torch.Tensor, padding: tuple,
-                      into: torch.Tensor | None = None) -> torch.Tensor:
-    """``Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)``, the weight gradient of :func:`conv3x3` before the kernel
-    transform's adjoint (:func:`weight_grad_from_tiles`): ``[16, O, C]``, as 16 matrix products
-    over the tiles, summed over parts of the batch of at most :data:`PART_VALUES` transformed
-    values each. ``into``: add to it in place (a sum across calls, ``WeightGradSums``) and return it."""
+def summed_tile_products(grad: torch.Tensor, x: torch.Tensor, padding: tuple, into: torch.Tensor | None, k: int,
+                         tile: int, input_transform: Callable, output_gradient_tiles: Callable) -> torch.Tensor:
+    """``Σ_tiles output_gradient_tiles(dy) ⊙ input_transform(d)``: a Winograd weight gradient before
+    the kernel transform's adjoint, ``[k, O, C]``, as ``k`` matrix products over the tiles, summed
+    over parts of the batch of at most :data:`PART_VALUES` transformed values each. ``into``: add
+    to it in place (a sum across calls, ``WeightGradSums``) and return it."""
     n, o, h_out, w_out = grad.shape
     c = x.shape[1]
-    th, tw = _tiles(h_out, w_out)
-    part = batch_parts(n, 16 * th * tw * max(c, o), PART_VALUES)
+    th, tw = -(-h_out // tile), -(-w_out // tile)
+    part = batch_parts(n, k * th * tw * max(c, o), PART_VALUES)
     du = into
     for i in range(0, n, part):
-        k = min(part, n - i)
-        tiles = _input_transform(x[i:i + k], padding, th, tw)  # [16, P, C]
-        dm = _output_gradient_tiles(grad[i:i + k], th, tw)  # [16, P, O]
+        size = min(part, n - i)
+        tiles = input_transform(x[i:i + size], padding, th, tw)  # [k, P, C]
+        dm = output_gradient_tiles(grad[i:i + size], th, tw)  # [k, P, O]
         if du is None:
-            du = torch.bmm(dm.transpose(1, 2), tiles)  # [16, O, C]
+            du = torch.bmm(dm.transpose(1, 2), tiles)  # [k, O, C]
         else:
             du.baddbmm_(dm.transpose(1, 2), tiles)
         del tiles, dm
     assert du is not None
     return du
+
+
+def weight_grad_tiles(grad: torch.Tensor, x: torch.Tensor, padding: tuple,
+                      into: torch.Tensor | None = None) -> torch.Tensor:
+    """``Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)``, the weight gradient of :func:`conv3x3` before the kernel
+    transform's adjoint (:func:`weight_grad_from_tiles`): ``[16, O, C]`` (:func:`summed_tile_products`)."""
+    return summed_tile_products(grad, x, padding, into, 16, 2, _input_transform, _output_gradient_tiles)
 
 
 def weight_grad_from_tiles(du: torch.Tensor) -> torch.Tensor:
