@@ -108,9 +108,9 @@ def candidates(n: int, cin: int, cout: int, size: int) -> dict[str, dict[str, Ca
     if cin >= 16:  # F(4×4, 3×3), its kernels (and the flipped ones) transformed once per batch too
         from leanspike import winograd_f43
 
-        k43, flipped = winograd_f43.kernel_transform(w), winograd_f43.flipped_kernel_transform(w)
+        k43, flipped43 = winograd_f43.kernel_transform(w), winograd_f43.flipped_kernel_transform(w)
         out["forward"][F43] = lambda: winograd_f43.conv3x3(x, k43, bias, (1, 1))
-        out["dX"][F43] = lambda: winograd_f43.conv3x3_input_grad(g, flipped, (1, 1))
+        out["dX"][F43] = lambda: winograd_f43.conv3x3_input_grad(g, flipped43, (1, 1))
         out["dW"][F43] = lambda: winograd_f43.conv3x3_weight_grad(g, x, (1, 1))
     if torch._nnpack_available():
         out["forward"]["NNPACK Winograd"] = lambda: torch.ops.aten._nnpack_spatial_convolution(x, w, bias, one, one)
