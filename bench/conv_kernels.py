@@ -4,8 +4,8 @@
     python bench/conv_kernels.py --batches 8,48 --threads 1
 
 leanspike picks a kernel per call by size (``leanspike.multistep``): on AVX-512 CPUs
-F(4×4, 3×3) in PyTorch ops (``leanspike.winograd_f43``) for every pass of 3×3 convolutions
-with ≥ 64 channels on maps of 8×8 to 16×16 and, under 16 samples, larger; NNPACK's Winograd for
+F(4×4, 3×3) in PyTorch ops (``leanspike.winograd_f43``) for the input and weight gradients of
+3×3 convolutions with ≥ 64 channels on maps of 8×8 to 16×16 and, under 16 samples, larger; NNPACK's Winograd for
 the forward and input gradient of big stride-1 calls, F(2×2, 3×3) in PyTorch ops with the
 kernels transformed once per batch (``leanspike.winograd``) for those of small-batch calls
 with ≥ 128 channels on maps of ≥ 6×6, NNPACK for big calls' weight gradient on
@@ -135,9 +135,9 @@ def leanspike_choice(n: int, cin: int, cout: int, size: int) -> dict[str, str]:
     dw = {"winograd43": F43, "winograd": F23, "nnpack": "NNPACK, samples as channels", "shifted": "shifted windows",
           "oneDNN": "oneDNN"}[ms.weight_grad_kernel(g, x, w, (1, 1), (1, 1))]
     kernel = ("NNPACK Winograd" if ms._winograd(x, w, (1, 1), (1, 1))
-              else F43 if ms._winograd_f43(x, w, (1, 1), (1, 1))
               else F23 if ms._winograd_f23(x, w, (1, 1), (1, 1)) else "oneDNN")
-    return {"forward": kernel, "dX": kernel, "dW": dw}
+    f43 = ms._winograd_f43(x, w, (1, 1), (1, 1))  # gradients; forwards only with WINOGRAD43_FORWARD
+    return {"forward": F43 if f43 and ms.WINOGRAD43_FORWARD else kernel, "dX": F43 if f43 else kernel, "dW": dw}
 
 
 def pool_rows(batches: list[int], repeats: int) -> list[dict]:

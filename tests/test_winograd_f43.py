@@ -84,11 +84,17 @@ def test_applies_and_the_rule_follow_what_was_measured(monkeypatch):
     assert not multistep._winograd_f43(x, w, (1, 1), (1, 1))
 
 
-def test_float32_conv_sequence_takes_it_and_keeps_the_gradients(monkeypatch):
-    """A batch-8, 64-channel 12×12 call in float32 runs F(4×4, 3×3) forward and backward, the
-    flipped kernels made once per KernelCache: output and gradients within 1e-4 of the largest
+@pytest.mark.parametrize("forward", [False, True])
+def test_float32_conv_sequence_takes_it_and_keeps_the_gradients(monkeypatch, forward):
+    """A batch-8, 64-channel 12×12 call in float32 runs its input and weight gradients as
+    F(4×4, 3×3) (the forward too only with WINOGRAD43_FORWARD: its rounding could flip spikes),
+    the flipped kernels made once per KernelCache: output and gradients within 1e-4 of the largest
     value of a float64 reference (it rounds ~20× worse than a direct convolution)."""
     monkeypatch.setattr(multistep, "WINOGRAD43", True)
+    monkeypatch.setattr(multistep, "WINOGRAD43_FORWARD", forward)
+    forwards = []
+    real_forward = winograd_f43.conv3x3
+    monkeypatch.setattr(winograd_f43, "conv3x3", lambda *a: forwards.append(1) or real_forward(*a))
     torch.manual_seed(0)
     conv = nn.Conv2d(64, 96, 3, padding=1)
     made = []
@@ -104,6 +110,7 @@ def test_float32_conv_sequence_takes_it_and_keeps_the_gradients(monkeypatch):
             for a, b in [(out, ref)] + list(zip(got, want)):
                 assert (a.double() - b).abs().max() <= 1e-4 * b.abs().max()
     assert len(made) == 1  # one flipped transform for both calls: the weight did not change
+    assert len(forwards) == (2 if forward else 0)
 
 
 @pytest.mark.parametrize("method", [SLTT, BPTT])

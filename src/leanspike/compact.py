@@ -35,6 +35,8 @@ def mark_binary(t: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Ten
 
     ``scale`` is 1.0 or a 0-dim tensor in ``t``'s dtype holding the exact value.
     """
+    if t.is_inference():  # never saved for backward (and without a version counter): nothing to mark
+        return t
     if not isinstance(scale, torch.Tensor) and scale != 1.0:
         scale = torch.tensor(scale, dtype=t.dtype, device=t.device)
     setattr(t, _ATTR, ("binary", scale, t._version))
@@ -50,7 +52,7 @@ def mark_derived(t: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], so
     dies); saving ``t`` drops the marks of ``t`` and of its view base.
     """
     mark = _mark(source)
-    if t is source or mark is None:
+    if t is source or mark is None or t.is_inference():
         return t
     if mark[0] == "derived":
         fn, source = _Then(mark[1], fn), mark[2]

@@ -557,10 +557,25 @@ WINOGRAD43 = CPU_CAPABILITY == "AVX512"
 WINOGRAD43_ANY_BATCH_PIXELS = 256
 
 
+#: Whether forwards take F(4×4, 3×3) too (else only the input and weight gradients do). Off: its
+#: rounding (1e-5 of the output's largest value in float32, 20× a direct convolution's) flips
+#: the spikes of neurons whose potential lies that close to the threshold, and in a deep SNN a
+#: few flips grow layer by layer through the norms' batch statistics and the potentials carried
+#: over steps: one SLTT iteration of VGG-11 at batch 8 (T = 6, benchmark weights) had 4 flipped
+#: spikes after the first F(4×4, 3×3) layer, then 198, 3 547, 16 205 and 53 812 in the next four,
+#: its gradients differing by ~100% from those of the kernels before, while F(2×2, 3×3) against
+#: oneDNN flipped none. Gradients decide no spike: there it moves results by its rounding only
+#: (weight gradients 5e-6 relative). Interleaved, VGG-11, batch 8, T = 6: the gradients-only rule
+#: took 0.939× (BPTT, 9/10 rounds faster) and 0.985× (SLTT, 8/12) the time of no F(4×4, 3×3);
+#: forwards too, 0.991× (BPTT) and 0.987× (SLTT) of the gradients-only rule
+WINOGRAD43_FORWARD = False
+
+
 def _winograd_f43(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple) -> bool:
-    """Whether the forward (or, with the output gradient as ``x``, the input or weight gradient)
-    runs as F(4×4, 3×3): where it applies, on this CPU, below :data:`WINOGRAD_MAX_BATCH` samples
-    or on maps of at most :data:`WINOGRAD43_ANY_BATCH_PIXELS` output pixels."""
+    """Whether the input and weight gradients (and with :data:`WINOGRAD43_FORWARD`, the forward) of
+    ``x`` through ``weight`` run as F(4×4, 3×3): where it applies, on this CPU, below
+    :data:`WINOGRAD_MAX_BATCH` samples or on maps of at most :data:`WINOGRAD43_ANY_BATCH_PIXELS`
+    output pixels."""
     if not (WINOGRAD43 and winograd_f43.applies(x, weight, stride, padding)):
         return False
     if WINOGRAD_MAX_BATCH is None or x.shape[0] < WINOGRAD_MAX_BATCH:
@@ -789,13 +804,13 @@ class Conv2dSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride: tuple, padding: tuple):  # type: ignore[override]
-        ctx.kernels, ctx.f43 = None, None
+        # F(4×4, 3×3) for the input gradient: the weight itself (saved tensors come back as new
+        # objects), so that its flipped kernels are made once per batch, keyed on it (KernelCache)
+        ctx.kernels = None
+        ctx.f43 = weight if not _unfolds(weight) and _winograd_f43(x, weight, stride, padding) else None
         if _unfolds(weight):  # few input channels (the first layer), many outputs: unfold + matmul
             out = _conv_step(x, weight, bias, (stride, padding, (1, 1), 1))
-        elif _winograd_f43(x, weight, stride, padding):
-            # the weight itself (saved tensors come back as new objects): its flipped kernels for
-            # the input gradient are made once per batch too, keyed on it (KernelCache)
-            ctx.f43 = weight
+        elif ctx.f43 is not None and WINOGRAD43_FORWARD:
             out = winograd_f43.conv3x3(x, winograd.transformed(weight, winograd_f43.kernel_transform), bias, padding)
         elif _winograd(x, weight, stride, padding):
             out = torch.ops.aten._nnpack_spatial_convolution(x, weight, bias, list(padding), list(stride))

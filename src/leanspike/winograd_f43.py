@@ -7,6 +7,9 @@ one SLTT step of 8 samples, forward 2.6 ms against 4.4 (oneDNN) and 4.8 (F(2×2,
 BPTT call of 48 samples 14.6 against 25.8 and 21.2 (``bench/conv_kernels.py``). On 6×6 maps
 the 4×4 tiles cover 8×8 and it loses to F(2×2, 3×3).
 
+``leanspike.multistep`` takes it for input and weight gradients only unless told otherwise
+(``WINOGRAD43_FORWARD``): a forward's rounding can flip spikes, and flips grow through a deep SNN.
+
 Each transform is one matrix product over all tiles and channels: ``Bᵀ d B`` of a flattened
 tile is ``(Bᵀ ⊗ Bᵀ)`` times it, and so on. The interpolation points are 0, ±1, ±2 and ∞, so
 the constants reach 8 and 1/24: it rounds about 20× worse than a direct convolution
