@@ -130,6 +130,17 @@ def test_inference_matches_step_by_step(float64):
     torch.testing.assert_close(got, want, **TOL)
 
 
+def test_inference_runs_under_inference_mode(float64):
+    """``infer`` inside the caller's ``torch.inference_mode()`` (whose tensors have no version
+    counter for the packed-bits marks): the values it gives under ``no_grad``."""
+    net = make_net().double().eval()
+    x, _ = data(T=5)
+    want = infer(net, x)
+    with torch.inference_mode():
+        got = infer(net, x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_skipped_steps_run_as_one_chunk():
     schedule = Schedule([(t, t + 1) for t in range(6)], graph_intervals={2, 3})
     assert Engine._chunks(schedule, True) == [[0, 1], [2], [3], [4, 5]]
