@@ -665,10 +665,10 @@ _WINOGRAD_ALGORITHMS = {"winograd": winograd, "winograd43": winograd_f43}
 
 
 class WeightGradSums:
-    """Context manager: while active, the weight gradients that :func:`_weight_grad_shifted`
-    and F(2×2, 3×3) (:func:`~leanspike.winograd.weight_grad_tiles`) make for leaf weights
-    without hooks are summed in place across calls, in the kernel's own layout (``[kh, kw, O,
-    C]``, or ``[16, O, C]`` before the kernel transform's adjoint), instead of every call
+    """Context manager: while active, the weight gradients that :func:`_weight_grad_shifted`,
+    F(2×2, 3×3) (:func:`~leanspike.winograd.weight_grad_tiles`) and F(4×4, 3×3) make for leaf
+    weights without hooks are summed in place across calls, in the kernel's own layout (``[kh, kw,
+    O, C]``, or ``[16, O, C]`` / ``[36, O, C]`` before the kernel transform's adjoint), instead of every call
     making a new gradient, bringing it to ``[O, C, kh, kw]`` and handing it to autograd to add
     to ``.grad``. SLTT goes back through every convolution T times per batch; VGG-11's three
     512 → 512 weights made that 9.4 MB allocation, transpose and addition at every step, and
@@ -797,10 +797,12 @@ class Conv2dSequence(torch.autograd.Function):
     """A plain ``Conv2d`` over ``[t·B, C, H, W]`` that picks its kernels by size (see
     :func:`_winograd`): NNPACK for the forward and for the input gradient (the forward conv
     of the output gradient with the flipped kernel) of big stride-1 calls, F(2×2, 3×3) in
-    PyTorch ops (:mod:`leanspike.winograd`) for small-batch 3×3 ones, oneDNN otherwise;
-    the weight gradient of big stride-1 calls by NNPACK too (:func:`_weight_grad_as_conv`),
-    else by oneDNN, or on maps of at most :data:`SMALL_MAP_PIXELS` pixels as matrix products
-    over shifted windows of the input. Saves what ``F.conv2d`` saves (input and weight)."""
+    PyTorch ops (:mod:`leanspike.winograd`) for small-batch 3×3 ones, oneDNN otherwise; on
+    AVX-512 the input and weight gradients of 3×3 calls on maps of 8×8 and more by F(4×4, 3×3)
+    (:func:`_winograd_f43`); the weight gradient of big stride-1 calls by NNPACK too
+    (:func:`_weight_grad_as_conv`), else by oneDNN, or on maps of at most
+    :data:`SMALL_MAP_PIXELS` pixels as matrix products over shifted windows of the input.
+    Saves what ``F.conv2d`` saves (input and weight)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride: tuple, padding: tuple):  # type: ignore[override]
