@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanspike import LIF, SLTT
-from leanspike import winograd
+from leanspike import winograd, winograd_f43
 from leanspike.layers import StepBatchNorm2d
 from leanspike.multistep import Conv2dSequence
 
@@ -235,11 +235,13 @@ def test_small_calls_sum_weight_gradients_before_the_adjoint_transform(float64, 
                                    msg=lambda m: f"{name}: {m}")
 
 
-def test_weight_gradient_from_tiles_is_the_adjoint_of_the_kernel_transform():
-    """⟨Gᵀ du G, w⟩ = ⟨du, G w Gᵀ⟩ for the layouts the two use ([16, O, C] and [16, C, O])."""
+@pytest.mark.parametrize("algorithm, components", [(winograd, 16), (winograd_f43, 36)])
+def test_weight_gradient_from_tiles_is_the_adjoint_of_the_kernel_transform(algorithm, components):
+    """⟨Gᵀ du G, w⟩ = ⟨du, G w Gᵀ⟩ for the layouts the two use ([k, O, C] and [k, C, O]), for
+    F(2×2, 3×3) and F(4×4, 3×3)."""
     torch.manual_seed(0)
     w = torch.randn(5, 3, 3, 3, dtype=torch.float64)
-    du = torch.randn(16, 5, 3, dtype=torch.float64)
-    lhs = (winograd.weight_grad_from_tiles(du) * w).sum()
-    rhs = (du.transpose(1, 2) * winograd.kernel_transform(w)).sum()
+    du = torch.randn(components, 5, 3, dtype=torch.float64)
+    lhs = (algorithm.weight_grad_from_tiles(du) * w).sum()
+    rhs = (du.transpose(1, 2) * algorithm.kernel_transform(w)).sum()
     torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)

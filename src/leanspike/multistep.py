@@ -537,12 +537,16 @@ def _winograd_f23(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding:
     """Whether the forward (or, with the output gradient as ``x``, the input gradient) runs as
     F(2×2, 3×3) (:mod:`leanspike.winograd`): where it applies, below :data:`WINOGRAD_MAX_BATCH`
     samples or on maps of at most :data:`WINOGRAD_ANY_BATCH_PIXELS` output pixels."""
-    if not winograd.applies(x, weight, stride, padding):
-        return False
+    return (winograd.applies(x, weight, stride, padding)
+            and _small_batch_or_map(x, weight, stride, padding, WINOGRAD_ANY_BATCH_PIXELS))
+
+
+def _small_batch_or_map(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple, pixels: int) -> bool:
+    """Below :data:`WINOGRAD_MAX_BATCH` samples (if it is set), or on output maps of at most ``pixels``."""
     if WINOGRAD_MAX_BATCH is None or x.shape[0] < WINOGRAD_MAX_BATCH:
         return True
     out = _out_size(x, weight, (stride, padding, (1, 1), 1))
-    return out[0] * out[1] <= WINOGRAD_ANY_BATCH_PIXELS
+    return out[0] * out[1] <= pixels
 
 
 #: Whether F(4×4, 3×3) (:mod:`leanspike.winograd_f43`) is taken where it applies: measured on
@@ -576,12 +580,8 @@ def _winograd_f43(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding:
     ``x`` through ``weight`` run as F(4×4, 3×3): where it applies, on this CPU, below
     :data:`WINOGRAD_MAX_BATCH` samples or on maps of at most :data:`WINOGRAD43_ANY_BATCH_PIXELS`
     output pixels."""
-    if not (WINOGRAD43 and winograd_f43.applies(x, weight, stride, padding)):
-        return False
-    if WINOGRAD_MAX_BATCH is None or x.shape[0] < WINOGRAD_MAX_BATCH:
-        return True
-    out = _out_size(x, weight, (stride, padding, (1, 1), 1))
-    return out[0] * out[1] <= WINOGRAD43_ANY_BATCH_PIXELS
+    return (WINOGRAD43 and winograd_f43.applies(x, weight, stride, padding)
+            and _small_batch_or_map(x, weight, stride, padding, WINOGRAD43_ANY_BATCH_PIXELS))
 
 
 #: in_channels·kh·kw below which a convolution runs as one matrix product over the unfolded

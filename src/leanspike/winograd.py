@@ -149,34 +149,47 @@ def _tile_matrix_for(dtype: torch.dtype, device: torch.device, flip: bool) -> to
     return torch.einsum("ir,jc->jirc", a, a).reshape(16, 4)
 
 
-def _output_transform(m: torch.Tensor, n: int, th: int, tw: int, h_out: int, w_out: int,
-                      flip: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``Aᵀ m A`` of every tile's product ``m`` ``[16, N·th·tw, O]``: the output ``[N, O, H, W]``
-    (written into ``out`` when given). One ``[4, 16]`` matrix product over all tiles and
-    channels (a single pass over ``m``; as additions over slices it took 1.4× the time on
-    12×12 maps), then one copy into place."""
+def tiles_to_map(matrix: torch.Tensor, m: torch.Tensor, tile: int, n: int, th: int, tw: int, h_out: int,
+                 w_out: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``Aᵀ m A`` of every tile's products ``m`` ``[k, N·th·tw, O]`` as one matrix product with
+    ``matrix`` ``[tile², k]`` over all tiles and channels (a single pass over ``m``; as additions
+    over slices it took 1.4× the time on 12×12 maps), then one copy into place: the output
+    ``[N, O, H, W]``, written into ``out`` when given."""
     o = m.shape[-1]
-    r = torch.mm(_tile_matrix(m, flip).t(), m.view(16, -1)).view(2, 2, n, th, tw, o)  # [r, c, N, th, tw, O]
+    r = torch.mm(matrix, m.view(matrix.shape[1], -1)).view(tile, tile, n, th, tw, o)  # [r, c, N, th, tw, O]
     tiled = r.permute(2, 5, 3, 0, 4, 1)  # [N, O, th, r, tw, c]
-    if (2 * th, 2 * tw) == (h_out, w_out):
+    if (tile * th, tile * tw) == (h_out, w_out):
         if out is None:
             return tiled.reshape(n, o, h_out, w_out)
-        out.view(n, o, th, 2, tw, 2).copy_(tiled)
+        out.view(n, o, th, tile, tw, tile).copy_(tiled)
         return out
-    y = tiled.reshape(n, o, 2 * th, 2 * tw)[:, :, :h_out, :w_out]
+    y = tiled.reshape(n, o, tile * th, tile * tw)[:, :, :h_out, :w_out]
     return y.contiguous() if out is None else out.copy_(y)
 
 
-def _output_gradient_tiles(grad: torch.Tensor, th: int, tw: int) -> torch.Tensor:
-    """``A dy Aᵀ`` of every 2×2 tile of the output gradient ``[N, O, H, W]`` (zero-padded to
-    whole tiles): ``[16, N·th·tw, O]``, the adjoint of :func:`_output_transform`. One copy
-    into tile order and one ``[16, 4]`` matrix product (2–2.7× faster than additions over slices)."""
+def map_to_tiles(matrix: torch.Tensor, grad: torch.Tensor, tile: int, th: int, tw: int) -> torch.Tensor:
+    """``A dy Aᵀ`` of every ``tile``×``tile`` tile of the output gradient ``[N, O, H, W]``
+    (zero-padded to whole tiles), the adjoint of :func:`tiles_to_map`: ``[k, N·th·tw, O]``. One
+    copy into tile order and one matrix product with ``matrix`` ``[k, tile²]`` (2–2.7× faster
+    than additions over slices)."""
     n, o, h, w = grad.shape
-    if (h, w) != (2 * th, 2 * tw):
-        grad = F.pad(grad, (0, 2 * tw - w, 0, 2 * th - h))
-    g = grad.new_empty(2, 2, n, th, tw, o)  # [r, c, N, th, tw, O]
-    g.permute(2, 5, 3, 0, 4, 1).copy_(grad.reshape(n, o, th, 2, tw, 2))
-    return torch.mm(_tile_matrix(grad), g.view(4, -1)).view(16, n * th * tw, o)
+    if (h, w) != (tile * th, tile * tw):
+        grad = F.pad(grad, (0, tile * tw - w, 0, tile * th - h))
+    g = grad.new_empty(tile, tile, n, th, tw, o)  # [r, c, N, th, tw, O]
+    g.permute(2, 5, 3, 0, 4, 1).copy_(grad.reshape(n, o, th, tile, tw, tile))
+    return torch.mm(matrix, g.view(tile * tile, -1)).view(matrix.shape[0], n * th * tw, o)
+
+
+def _output_transform(m: torch.Tensor, n: int, th: int, tw: int, h_out: int, w_out: int,
+                      flip: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``Aᵀ m A`` of every tile's product ``m`` ``[16, N·th·tw, O]``: the output ``[N, O, H, W]``
+    (:func:`tiles_to_map`)."""
+    return tiles_to_map(_tile_matrix(m, flip).t(), m, 2, n, th, tw, h_out, w_out, out)
+
+
+def _output_gradient_tiles(grad: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """``A dy Aᵀ`` of every 2×2 tile of the output gradient: ``[16, N·th·tw, O]`` (:func:`map_to_tiles`)."""
+    return map_to_tiles(_tile_matrix(grad), grad, 2, th, tw)
 
 
 #: transformed values one part of :func:`conv3x3` and :func:`conv3x3_input_grad` holds at most

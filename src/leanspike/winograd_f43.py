@@ -26,7 +26,6 @@ from fractions import Fraction
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 from . import winograd
 
@@ -91,14 +90,9 @@ def flipped_kernel_transform(weight: torch.Tensor) -> torch.Tensor:
 
 def _output_transform(m: torch.Tensor, n: int, th: int, tw: int, h_out: int, w_out: int,
                       out: torch.Tensor | None = None) -> torch.Tensor:
-    """``Aᵀ m A`` of every tile's products ``m`` ``[36, N·th·tw, O]``: the output ``[N, O, H, W]``."""
-    o = m.shape[-1]
-    r = torch.mm(_matrices(m.dtype, m.device)[2], m.view(36, -1)).view(4, 4, n, th, tw, o)  # [r, c, N, th, tw, O]
-    tiled = r.permute(2, 5, 3, 0, 4, 1).reshape(n, o, 4 * th, 4 * tw)
-    y = tiled[:, :, :h_out, :w_out]
-    if out is not None:
-        return out.copy_(y)
-    return y.contiguous()
+    """``Aᵀ m A`` of every tile's products ``m`` ``[36, N·th·tw, O]``: the output ``[N, O, H, W]``
+    (:func:`~leanspike.winograd.tiles_to_map`)."""
+    return winograd.tiles_to_map(_matrices(m.dtype, m.device)[2], m, 4, n, th, tw, h_out, w_out, out)
 
 
 def conv3x3(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None, padding: tuple) -> torch.Tensor:
@@ -117,12 +111,7 @@ def conv3x3_input_grad(grad: torch.Tensor, flipped: torch.Tensor, padding: tuple
 def _output_gradient_tiles(grad: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     """``A dy Aᵀ`` of every 4×4 tile of the output gradient ``[N, O, H, W]`` (zero-padded to
     whole tiles): ``[36, N·th·tw, O]``, the adjoint of :func:`_output_transform`."""
-    n, o, h, w = grad.shape
-    if (h, w) != (4 * th, 4 * tw):
-        grad = F.pad(grad, (0, 4 * tw - w, 0, 4 * th - h))
-    g = grad.new_empty(4, 4, n, th, tw, o)  # [r, c, N, th, tw, O]
-    g.permute(2, 5, 3, 0, 4, 1).copy_(grad.reshape(n, o, th, 4, tw, 4))
-    return torch.mm(_matrices(grad.dtype, grad.device)[2].t(), g.view(16, -1)).view(36, n * th * tw, o)
+    return winograd.map_to_tiles(_matrices(grad.dtype, grad.device)[2].t(), grad, 4, th, tw)
 
 
 def weight_grad_tiles(grad: torch.Tensor, x: torch.Tensor, padding: tuple,
