@@ -122,9 +122,14 @@ def test_train_step_results_match(float64, monkeypatch):
         torch.testing.assert_close(p, q, **TOL)
 
 
-def test_inference_matches_step_by_step(float64):
+@pytest.mark.parametrize("part_values", [1 << 17, 1280, 1], ids=["whole", "parts-of-2-steps", "one-step-parts"])
+def test_inference_matches_step_by_step(float64, part_values, monkeypatch):
+    import leanspike.multistep as ms
+
+    monkeypatch.setattr(ms, "NO_GRAD_PART_VALUES", part_values)  # a sample's input: 128 values
     net = make_net().double().eval()
-    x, _ = data(T=11)  # more steps than one no-grad chunk
+    x, _ = data(T=11)
+    assert ms.part_steps(x, graph=False) == {1 << 17: 11, 1280: 2, 1: 1}[part_values]
     got = infer(net, x)
     want = sum(net(x[t]) for t in range(11)) / 11
     torch.testing.assert_close(got, want, **TOL)
@@ -456,12 +461,25 @@ def test_small_map_weight_gradient_leaves_out_the_padding(float64, size, k, stri
 def test_long_intervals_run_in_parts_with_the_same_gradients(float64, monkeypatch):
     import leanspike.multistep as ms
 
-    assert ms.chunk_steps(10, 8) == 10 and ms.chunk_steps(100, 8) == 25
+    assert ms.chunk_steps(10, 8) == 10 and ms.chunk_steps(100, 8) == 25 and ms.chunk_steps(10, 8, 28) == 4
     whole, _ = _run(BPTT, True, monkeypatch)
     monkeypatch.setattr(ms, "MAX_ROWS", 10)  # 4 steps × 5 samples: parts of 2 steps, state flows between them
     parts, _ = _run(BPTT, True, monkeypatch)
     for name in whole:
         torch.testing.assert_close(whole[name], parts[name], **TOL)
+
+
+def test_runs_without_a_graph_part_by_input_values_on_the_cpu():
+    """VGG-11's events (2×48×48 values a sample) at batch 8: without a graph, balanced parts of at
+    most 28 samples; with one, whole up to MAX_ROWS samples."""
+    import leanspike.multistep as ms
+
+    def steps(T, B, graph, sample=(2, 48, 48)):
+        return ms.part_steps(torch.empty(T, B, *sample), graph)
+
+    assert (steps(6, 8, False), steps(10, 8, False), steps(6, 32, False)) == (3, 4, 1)
+    assert (steps(6, 8, True), steps(10, 8, True), steps(6, 32, True), steps(64, 8, True)) == (6, 10, 6, 32)
+    assert steps(10, 8, False, sample=(1, 8, 8)) == 10  # small inputs: one part up to MAX_ROWS samples
 
 
 def _wide_net(seed=0):

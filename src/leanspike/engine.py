@@ -31,7 +31,7 @@ from torch import nn
 
 from .compact import CompactSaved, mark_derived
 from .losses import WindowLoss
-from .multistep import (NO_GRAD_CHUNK, WeightGradSums, chunk_steps, each_module_once, pays_off, run_sequence,
+from .multistep import (NO_GRAD_CHUNK, WeightGradSums, each_module_once, part_steps, pays_off, run_sequence,
                         supports_sequence)
 from .neuron import backward_reads_carry
 from .state import detach_states, keep_temporal_routes, reset_states
@@ -86,8 +86,9 @@ def infer(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     reset_states(model)
     total = None
     sequence = supports_sequence(model)
-    for t0 in range(0, inputs.shape[0], NO_GRAD_CHUNK if sequence else 1):
-        outs = run_sequence(model, inputs[t0:t0 + NO_GRAD_CHUNK], kept_input=True) if sequence else model(inputs[t0]).unsqueeze(0)
+    steps = part_steps(inputs, graph=False) if sequence else 1
+    for t0 in range(0, inputs.shape[0], steps):
+        outs = run_sequence(model, inputs[t0:t0 + steps], kept_input=True) if sequence else model(inputs[t0]).unsqueeze(0)
         for out in outs:
             total = out if total is None else total + out
     reset_states(model)
@@ -134,12 +135,12 @@ class Engine:
         return all(supports_sequence(m) for m in (*self.blocks, *self.heads)) and each_module_once(*self.modules())
 
     @staticmethod
-    def _parts(inputs: torch.Tensor, sequence: bool) -> list[torch.Tensor]:
-        """The pieces an interval's input is fed in: single steps ``[B, ...]``, or
-        ``[t, B, ...]`` parts of at most :data:`~leanspike.multistep.MAX_ROWS` samples."""
+    def _parts(inputs: torch.Tensor, sequence: bool, graph: bool) -> list[torch.Tensor]:
+        """The pieces an interval's input is fed in: single steps ``[B, ...]``, or balanced
+        ``[t, B, ...]`` parts (:func:`~leanspike.multistep.part_steps`)."""
         if not sequence:
             return list(inputs.unbind(0))
-        steps = chunk_steps(inputs.shape[0], inputs.shape[1])
+        steps = part_steps(inputs, graph)
         return [inputs[t0:t0 + steps] for t0 in range(0, inputs.shape[0], steps)]
 
     def _block(self, b: int, parts: list[torch.Tensor], sequence: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -206,7 +207,7 @@ class Engine:
                 # one step, then its backward: the LIF layers' backward can read the carry they keep
                 one_step = with_graph and stop - start == 1
                 layered = sequence and pays_off(stop - start, inputs[0].numel())
-                parts = self._parts(inputs[start:stop], layered)
+                parts = self._parts(inputs[start:stop], layered, with_graph)
                 spans = [(t0 - start, t1 - start) for t0, t1 in (schedule.intervals[i] for i in chunk)]
                 # block by block: a block's graph is freed by its own backward before the next
                 # block runs, so local blocks lower the peak (block-major order changes no value:
