@@ -49,3 +49,44 @@ def float64_conv_reference(conv, x, grad):
     out = ref_conv(xd)
     params = [xd, ref_conv.weight] + ([ref_conv.bias] if conv.bias is not None else [])
     return out, torch.autograd.grad(out, params, grad.double())
+
+
+def count_calls(monkeypatch, module, name: str) -> list[int]:
+    """Replace ``module.<name>`` by a wrapper that records each call (one entry per call)."""
+    calls: list[int] = []
+    original = getattr(module, name)
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def conv_under_test_net(channels: int):
+    """conv → per-step BN → LIF → the ``channels`` → ``channels`` 3×3 conv under test → BN → pool
+    → linear: no neuron follows the conv under test, so float32 rounding in it cannot flip a spike."""
+    from torch import nn
+
+    from leanspike import LIF
+    from leanspike.layers import StepBatchNorm2d
+
+    return nn.Sequential(nn.Conv2d(2, channels, 3, padding=1, bias=False), StepBatchNorm2d(channels), LIF(),
+                         nn.Conv2d(channels, channels, 3, padding=1, bias=False), StepBatchNorm2d(channels),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 5))
+
+
+def assert_float32_gradients_match_float64(method, channels: int, x, y, rtol: float) -> None:
+    """``method``'s gradients of :func:`conv_under_test_net` in float32 are those of the same
+    weights in float64 (PyTorch's own kernels) within ``rtol`` of each tensor's largest value."""
+    model = conv_under_test_net(channels)
+    model64 = conv_under_test_net(channels).double()
+    model64.load_state_dict(model.state_dict())
+    got = method.compute_gradients(model, x, y)
+    want = method.compute_gradients(model64, x.double(), y)
+    assert got.keys() == want.keys()
+    for name in want:
+        scale = want[name].abs().max()
+        assert scale > 0, name
+        assert (got[name].double() - want[name]).abs().max() <= rtol * scale, name

@@ -14,7 +14,7 @@ from leanspike import winograd, winograd_f43
 from leanspike.layers import StepBatchNorm2d
 from leanspike.multistep import Conv2dSequence
 
-from conftest import float64_conv_reference
+from conftest import assert_float32_gradients_match_float64, count_calls, float64_conv_reference
 
 
 @pytest.mark.parametrize("shape,padding", [
@@ -122,19 +122,6 @@ def test_applies_only_where_it_was_measured_to_pay():
     assert not winograd.applies(torch.zeros(8, 128, 3, 3), w, (1, 1), (1, 1))  # map under MIN_SIDE
 
 
-def _count_calls(monkeypatch, name: str) -> list[int]:
-    """Replace ``winograd.<name>`` by a wrapper that records each call."""
-    calls: list[int] = []
-    original = getattr(winograd, name)
-
-    def counted(*args):
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(winograd, name, counted)
-    return calls
-
-
 def test_float32_conv_sequence_takes_it_and_keeps_the_gradients(monkeypatch):
     """A batch-8, 128-channel 6×6 call in float32 runs F(2×2, 3×3): output and all three
     gradients match a float64 reference within float32 rounding."""
@@ -142,7 +129,7 @@ def test_float32_conv_sequence_takes_it_and_keeps_the_gradients(monkeypatch):
     conv = nn.Conv2d(128, 128, 3, padding=1)
     x = (torch.rand(8, 128, 6, 6) < 0.3).float().requires_grad_(True)
     assert winograd.applies(x, conv.weight, (1, 1), (1, 1))
-    calls = _count_calls(monkeypatch, "conv3x3")
+    calls = count_calls(monkeypatch, winograd, "conv3x3")
     out = Conv2dSequence.apply(x, conv.weight, conv.bias, (1, 1), (1, 1))
     assert calls
     g = torch.randn_like(out)
@@ -173,26 +160,11 @@ def test_sltt_gradients_in_float32_match_float64_through_the_winograd_path(monke
     its float32 gradients are the float64 ones (oneDNN, no Winograd) within float32 rounding.
     No neuron fires after that convolution, so rounding cannot flip a spike downstream of it."""
     torch.manual_seed(0)
-
-    def net():
-        return nn.Sequential(nn.Conv2d(2, 128, 3, padding=1, bias=False), StepBatchNorm2d(128), LIF(),
-                             nn.Conv2d(128, 128, 3, padding=1, bias=False), StepBatchNorm2d(128),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 5))
-
-    model = net()
-    model64 = net().double()
-    model64.load_state_dict(model.state_dict())
     x = (torch.rand(3, 4, 2, 6, 6) < 0.4).float()
     y = torch.randint(0, 5, (4,))
-    calls = _count_calls(monkeypatch, "conv3x3_input_grad")
-    got = SLTT().compute_gradients(model, x, y)
+    calls = count_calls(monkeypatch, winograd, "conv3x3_input_grad")
+    assert_float32_gradients_match_float64(SLTT(), 128, x, y, rtol=1e-5)  # float64 takes no Winograd
     assert len(calls) == 3  # one backward per step through the 128-channel convolution
-    want = SLTT().compute_gradients(model64, x.double(), y)
-    assert got.keys() == want.keys()
-    for name in want:
-        scale = want[name].abs().max()
-        assert scale > 0, name
-        assert (got[name].double() - want[name]).abs().max() <= 1e-5 * scale, name
 
 
 def _winograd_net(seed=0):

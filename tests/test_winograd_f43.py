@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leanspike import SLTT, BPTT, LIF, multistep, winograd, winograd_f43
-from leanspike.layers import StepBatchNorm2d
+from leanspike import SLTT, BPTT, multistep, winograd, winograd_f43
 from leanspike.multistep import Conv2dSequence
 
-from conftest import float64_conv_reference
+from conftest import assert_float32_gradients_match_float64, count_calls, float64_conv_reference
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 12, 12), (2, 3, 4, 7, 9), (1, 2, 5, 6, 6), (3, 5, 2, 13, 24)])
@@ -111,24 +110,8 @@ def test_engine_gradients_in_float32_match_float64_through_f43(monkeypatch, meth
     cannot flip a spike."""
     monkeypatch.setattr(multistep, "WINOGRAD43", True)
     torch.manual_seed(0)
-
-    def net():
-        return nn.Sequential(nn.Conv2d(2, 64, 3, padding=1, bias=False), StepBatchNorm2d(64), LIF(),
-                             nn.Conv2d(64, 64, 3, padding=1, bias=False), StepBatchNorm2d(64),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 5))
-
-    model = net()
-    model64 = net().double()
-    model64.load_state_dict(model.state_dict())
     x = (torch.rand(2, 8, 2, 12, 12) < 0.4).float()
     y = torch.randint(0, 5, (8,))
-    calls = []
-    real = winograd_f43.conv3x3_input_grad
-    monkeypatch.setattr(winograd_f43, "conv3x3_input_grad", lambda *a: calls.append(1) or real(*a))
-    got = method().compute_gradients(model, x, y)
+    calls = count_calls(monkeypatch, winograd_f43, "conv3x3_input_grad")
+    assert_float32_gradients_match_float64(method(), 64, x, y, rtol=1e-4)  # float64 takes no Winograd
     assert calls  # the 64 → 64 convolution's input gradient ran as F(4×4, 3×3)
-    want = method().compute_gradients(model64, x.double(), y)
-    for name in want:
-        scale = want[name].abs().max()
-        assert scale > 0, name
-        assert (got[name].double() - want[name]).abs().max() <= 1e-4 * scale, name
