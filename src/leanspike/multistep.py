@@ -64,7 +64,8 @@ _PURE = (nn.Identity, nn.Flatten, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.M
 
 #: False: the engine runs every interval step by step (to compare the two paths, or to debug)
 ENABLED = True
-#: the most steps a run without a graph batches at once (bounds its temporary memory)
+#: the most consecutive steps without a graph (SLTT-K's skipped ones) the engine runs as one chunk:
+#: bounds the block outputs a chunk holds (each part's temporaries: NO_GRAD_PART_VALUES)
 NO_GRAD_CHUNK = 8
 #: samples (steps × batch) one layer call takes at most: beyond it kernels gain little while
 #: every layer's temporaries grow with it
