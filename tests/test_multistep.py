@@ -135,6 +135,13 @@ def test_inference_matches_step_by_step(float64, part_values, monkeypatch):
     torch.testing.assert_close(got, want, **TOL)
 
 
+def test_inference_of_an_empty_batch_and_of_no_steps(float64):
+    net = make_net().double().eval()
+    assert infer(net, torch.zeros(4, 0, 2, 8, 8)).shape == (0, 3)
+    with pytest.raises(ValueError, match=r"inputs shaped \(0, 3, 2, 8, 8\): expected \[T, B, ...\] with T >= 1"):
+        infer(net, torch.zeros(0, 3, 2, 8, 8))
+
+
 def test_inference_runs_under_inference_mode(float64):
     """``infer`` inside the caller's ``torch.inference_mode()`` (whose tensors have no version
     counter for the packed-bits marks): the values it gives under ``no_grad``."""

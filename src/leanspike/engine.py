@@ -83,6 +83,8 @@ def check_inputs(inputs: torch.Tensor, targets: torch.Tensor) -> int:
 @torch.no_grad()
 def infer(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Inference over all T steps of ``[T, B, ...]``: the time-averaged output ``[B, C]``."""
+    if inputs.dim() < 2 or inputs.shape[0] < 1:
+        raise ValueError(f"inputs shaped {tuple(inputs.shape)}: expected [T, B, ...] with T >= 1")
     reset_states(model)
     total = None
     sequence = supports_sequence(model)

@@ -122,7 +122,7 @@ def part_steps(inputs: torch.Tensor, graph: bool) -> int:
     samples, and without a graph on the CPU at most :data:`NO_GRAD_PART_VALUES` input values."""
     rows = MAX_ROWS
     if not graph and inputs.device.type == "cpu":
-        rows = min(rows, max(1, NO_GRAD_PART_VALUES // max(1, inputs[0, 0].numel())))
+        rows = min(rows, max(1, NO_GRAD_PART_VALUES // max(1, math.prod(inputs.shape[2:]))))
     return chunk_steps(inputs.shape[0], inputs.shape[1], rows)
 
 
