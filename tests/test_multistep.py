@@ -476,6 +476,24 @@ def test_long_intervals_run_in_parts_with_the_same_gradients(float64, monkeypatc
         torch.testing.assert_close(whole[name], parts[name], **TOL)
 
 
+def test_skipped_steps_in_parts_give_the_same_gradients_and_statistics(float64, monkeypatch):
+    """SLTT-K (K = 1 of 4 steps): its skipped steps run without a graph in one-step parts (a
+    sample's input is 128 values) or whole; the same gradients and batch-norm statistics."""
+    import leanspike.multistep as ms
+
+    def sltt_k():
+        return SLTTK(1, generator=torch.Generator().manual_seed(1))
+
+    whole, whole_stats = _run(sltt_k, True, monkeypatch)
+    monkeypatch.setattr(ms, "NO_GRAD_PART_VALUES", 1)
+    parts, parts_stats = _run(sltt_k, True, monkeypatch)
+    assert sltt_k().schedule(4).graph_intervals == {1}  # skipped: step 0, then steps 2–3 (two parts)
+    for name in whole:
+        torch.testing.assert_close(whole[name], parts[name], **TOL)
+    for a, b in zip(whole_stats, parts_stats):
+        torch.testing.assert_close(a, b, **TOL)
+
+
 def test_runs_without_a_graph_part_by_input_values_on_the_cpu():
     """VGG-11's events (2×48×48 values a sample) at batch 8: without a graph, balanced parts of at
     most 28 samples; with one, whole up to MAX_ROWS samples."""
