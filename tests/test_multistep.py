@@ -157,6 +157,9 @@ def test_skipped_steps_run_as_one_chunk():
     schedule = Schedule([(t, t + 1) for t in range(6)], graph_intervals={2, 3})
     assert Engine._chunks(schedule, True) == [[0, 1], [2], [3], [4, 5]]
     assert Engine._chunks(schedule, False) == [[i] for i in range(6)]
+    long = Schedule([(t, t + 1) for t in range(20)], graph_intervals={0})
+    assert Engine._chunks(long, True) == [[0], list(range(1, 20))]
+    assert Engine._chunks(long, True, max_steps=8) == [[0], list(range(1, 9)), list(range(9, 17)), [17, 18, 19]]
     per_interval = Schedule([(t, t + 1) for t in range(4)], graph_intervals={1}, update_per_interval=True)
     assert Engine._chunks(per_interval, True) == [[0], [1], [2], [3]]
 

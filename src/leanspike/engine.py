@@ -164,9 +164,10 @@ class Engine:
         return [mark_derived(x.detach(), _same, x) if sequence else x.detach() for x in outs]
 
     @staticmethod
-    def _chunks(schedule: Schedule, sequence: bool) -> list[list[int]]:
+    def _chunks(schedule: Schedule, sequence: bool, max_steps: int | None = None) -> list[list[int]]:
         """Interval indices run together: consecutive graph-free intervals are merged when
-        running layer by layer and no update falls between them."""
+        running layer by layer and no update falls between them, up to ``max_steps`` steps
+        (None: no limit; parts bound each layer's temporaries, :func:`~leanspike.multistep.part_steps`)."""
         chunks: list[list[int]] = []
         for index, (t0, t1) in enumerate(schedule.intervals):
             with_graph = schedule.graph_intervals is None or index in schedule.graph_intervals
@@ -174,7 +175,7 @@ class Engine:
             if (sequence and not with_graph and not schedule.update_per_interval and prev is not None
                     and prev[-1] not in (schedule.graph_intervals or ())
                     and schedule.graph_intervals is not None
-                    and t1 - schedule.intervals[prev[0]][0] <= NO_GRAD_CHUNK):
+                    and (max_steps is None or t1 - schedule.intervals[prev[0]][0] <= max_steps)):
                 prev.append(index)
             else:
                 chunks.append([index])
@@ -201,7 +202,10 @@ class Engine:
         n_backward = n_updates = 0
         with CompactSaved(), KernelCache(), WeightGradSums() as grad_sums, \
                 _temporal_routes(modules, schedule.temporal_routes):
-            for chunk in self._chunks(schedule, sequence):
+            # a chunk holds every block's outputs over its steps but the last's (small): several
+            # blocks bound its length
+            max_steps = NO_GRAD_CHUNK if n_blocks > 1 else None
+            for chunk in self._chunks(schedule, sequence, max_steps):
                 start, stop = schedule.intervals[chunk[0]][0], schedule.intervals[chunk[-1]][1]
                 detach_states(*modules)
                 with_graph = schedule.graph_intervals is None or chunk[0] in schedule.graph_intervals
