@@ -88,19 +88,23 @@ def update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor
 
 
 def step_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor,
-                       invstd: torch.Tensor, eps: float, mask: list[bool]):
-    """Batch-norm backward of every step (the kernel ``nn.BatchNorm`` uses); weight/bias grads summed."""
+                       invstd: torch.Tensor, eps: float, mask: list[bool],
+                       step: Callable[[int], torch.Tensor] | None = None):
+    """Batch-norm backward of every step (the kernel ``nn.BatchNorm`` uses); weight/bias grads summed.
+    ``step(t)``, when given, produces step t's input on demand (``x`` then only gives the shape,
+    dtype and device), so that only one step of it exists at a time."""
     steps, channels = x.shape[0], x.shape[2]
     grad_x = torch.empty_like(x) if mask[0] else None
     rows = mean.new_empty((2, steps, channels))
     for t in range(steps):
+        x_t = x[t] if step is None else step(t)
         if all(mask):  # every output wanted: write them in place
             torch.ops.aten.native_batch_norm_backward.out(
-                grad[t], x[t], weight, None, None, mean[t], invstd[t], True, eps, mask,
+                grad[t], x_t, weight, None, None, mean[t], invstd[t], True, eps, mask,
                 out0=grad_x[t], out1=rows[0, t], out2=rows[1, t])  # type: ignore[index]
             continue
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            grad[t], x[t], weight, None, None, mean[t], invstd[t], True, eps, mask)
+            grad[t], x_t, weight, None, None, mean[t], invstd[t], True, eps, mask)
         for wanted, src, dst in ((mask[0], gx, grad_x[t] if grad_x is not None else None),
                                  (mask[1], gw, rows[0, t]), (mask[2], gb, rows[1, t])):
             if wanted:

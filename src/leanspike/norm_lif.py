@@ -107,14 +107,19 @@ class NormLIF(torch.autograd.Function):
         if dropout_mask is not None and grad_spikes is not None:
             grad_spikes = grad_spikes * dropout_mask
         _, potentials, _ = lif_potentials(y, carry, dyn, want_spikes=False)  # the forward's u, bit for bit
-        grad_u = lif_backward(potentials, grad_spikes, grad_last, dyn)  # = dL/dy (u = carry + y)
+        # dL/du (= dL/dy, as u = carry + y) over u's own buffer: one buffer of T steps besides the
+        # incoming gradient and the input's
+        grad_u = lif_backward(potentials, grad_spikes, grad_last, dyn, overwrite=True)
+        del potentials
         grad_carry = grad_u[0].clone() if need[3] and dyn.temporal_routes else None
-        # x − mean = (y − β) / (γ · invstd) = y·r − β·r with r = 1 / (γ · invstd), step by step in u's buffer
-        centred, channel = potentials, (-1,) + (1,) * (y.dim() - 3)
-        for t in range(y.shape[0]):
+        # x − mean = (y − β) / (γ · invstd) = y·r − β·r with r = 1 / (γ · invstd), one step at a time
+        channel, scratch = (-1,) + (1,) * (y.dim() - 3), torch.empty_like(y[0])
+
+        def centred(t: int) -> torch.Tensor:
             scale = (weight * invstd[t]).reciprocal_()
-            torch.addcmul((bias * scale).neg_().view(channel), y[t], scale.view(channel), out=centred[t])
+            return torch.addcmul((bias * scale).neg_().view(channel), y[t], scale.view(channel), out=scratch)
+
         mask = [need[0], need[1], need[2]]
-        grad_x, grad_w, grad_b = step_norm_backward(grad_u, centred, weight, torch.zeros_like(invstd), invstd,
-                                                    ctx.eps, mask)
+        grad_x, grad_w, grad_b = step_norm_backward(grad_u, y, weight, torch.zeros_like(invstd), invstd,
+                                                    ctx.eps, mask, step=centred)
         return grad_x, grad_w, grad_b, grad_carry, None, None, None
