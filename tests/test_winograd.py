@@ -217,3 +217,88 @@ def test_weight_gradient_from_tiles_is_the_adjoint_of_the_kernel_transform(algor
     lhs = (algorithm.weight_grad_from_tiles(du) * w).sum()
     rhs = (du.transpose(1, 2) * algorithm.kernel_transform(w)).sum()
     torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
+
+def test_gathered_product_runs_chunk_by_chunk_into_the_whole(monkeypatch):
+    """Over GATHER_VALUES values the transforms' gathers and products run chunk by chunk of
+    samples (the parts batch_parts gives), each written into its columns: the values of one
+    whole product (float64), for the F(2×2, 3×3) and F(4×4, 3×3) gradient tiles (an odd map
+    padded per chunk) and F(4×4, 3×3)'s input transform."""
+    torch.manual_seed(0)
+    matrix = torch.randn(5, 3, dtype=torch.float64)
+    data = torch.randn(7, 3, 4, dtype=torch.float64)  # [samples, j, per sample]
+    chunks = []
+
+    def gather(i0, i1):
+        chunks.append((i0, i1))
+        return data[i0:i1].permute(1, 0, 2).reshape(3, -1)
+
+    monkeypatch.setattr(winograd, "GATHER_VALUES", 24)  # 2 samples of 12 values
+    got = winograd.gathered_product(matrix, 7, 4, gather)
+    assert chunks == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    torch.testing.assert_close(got, matrix @ data.permute(1, 0, 2).reshape(3, -1), rtol=1e-14, atol=1e-14)
+
+    x = torch.randn(5, 6, 9, 7, dtype=torch.float64)
+    g = torch.randn(5, 4, 7, 5, dtype=torch.float64)
+    calls = [lambda: winograd_f43._input_transform(x, (1, 1), 2, 2),
+             lambda: winograd_f43._output_gradient_tiles(g, 2, 2),
+             lambda: winograd._output_gradient_tiles(g, 4, 3)]
+    monkeypatch.setattr(winograd, "GATHER_VALUES", 1 << 40)
+    whole = [call() for call in calls]
+    monkeypatch.setattr(winograd, "GATHER_VALUES", 1)  # one sample per chunk
+    chunks.clear()
+    real = winograd.gathered_product
+    monkeypatch.setattr(winograd, "gathered_product", lambda m, n, p, gather: real(
+        m, n, p, lambda i0, i1: chunks.append((i0, i1)) or gather(i0, i1)))
+    for call, want in zip(calls, whole):
+        torch.testing.assert_close(call(), want, rtol=1e-13, atol=1e-13)
+    assert chunks == [(i, i + 1) for i in range(5)] * 3
+
+
+def test_a_last_pass_frees_the_transforms_after_the_backward(monkeypatch):
+    """In a pass the engine marks as the weights' last (``KernelCache.last_pass``), the
+    backward drops the transforms it read from the cache, F(2×2, 3×3)'s and F(4×4, 3×3)'s
+    flipped ones; otherwise they stay for the next step. The gradients are the same."""
+    from leanspike import multistep
+
+    monkeypatch.setattr(multistep, "WINOGRAD43", True)
+    monkeypatch.setattr(multistep, "USE_NNPACK", False)
+    torch.manual_seed(0)
+    for conv, x, kernel in [(nn.Conv2d(128, 128, 3, padding=1), (torch.rand(8, 128, 6, 6) < 0.3).float(), winograd),
+                            (nn.Conv2d(64, 64, 3, padding=1), (torch.rand(8, 64, 12, 12) < 0.3).float(), winograd_f43)]:
+        x.requires_grad_(True)
+        calls = count_calls(monkeypatch, kernel, "conv3x3_input_grad")
+        grads = []
+        with winograd.KernelCache() as cache:
+            for last in (False, True):
+                cache.last_pass = last
+                out = Conv2dSequence.apply(x, conv.weight, conv.bias, (1, 1), (1, 1))
+                grads.append(torch.autograd.grad(out, [x, conv.weight, conv.bias], torch.ones_like(out)))
+                assert len(cache._kernels) == (0 if last else 1)
+        assert len(calls) == 2
+        for kept, freed in zip(*grads):
+            torch.testing.assert_close(kept, freed, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method, flags", [("sltt", [False, False, False, True]),
+                                           ("sltt-k2", [False, True]),
+                                           ("tbptt2-interval", [True, True]),
+                                           ("bptt", [True])])
+def test_the_engine_marks_the_last_backward_of_the_weights(monkeypatch, method, flags):
+    """``last_pass`` is on only during the backward after which the weights run no more in the
+    batch: SLTT's last step, SLTT-K's last sampled step, the one BPTT interval, and every
+    interval that an update follows."""
+    from leanspike import BPTT, SLTTK, TBPTT
+
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 8)
+    real_applies = winograd.applies
+    monkeypatch.setattr(winograd, "applies", lambda x, w, s, p: real_applies(x.float(), w.float(), s, p))
+    seen = []
+    real_forget = winograd.KernelCache.forget
+    monkeypatch.setattr(winograd.KernelCache, "forget", lambda self, w, t: seen.append(self.last_pass) or real_forget(self, w, t))
+    make = {"sltt": SLTT, "bptt": BPTT, "tbptt2-interval": lambda: TBPTT(2, update="interval"),
+            "sltt-k2": lambda: SLTTK(2, generator=torch.Generator().manual_seed(3))}[method]
+    g = torch.Generator().manual_seed(1)
+    x, y = (torch.rand(4, 3, 2, 8, 8, generator=g) < 0.4).double(), torch.randint(0, 3, (3,), generator=g)
+    net = _winograd_net()
+    make().train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.1))
+    assert seen == flags  # one backward through the 8 → 8 convolution per graph interval

@@ -200,12 +200,15 @@ class Engine:
         # the host wait for the device at every step (on a GPU, no overlap of the two)
         block_losses: list[list[torch.Tensor]] = [[] for _ in range(n_blocks)]
         n_backward = n_updates = 0
-        with CompactSaved(), KernelCache(), WeightGradSums() as grad_sums, \
+        with CompactSaved(), KernelCache() as kernel_cache, WeightGradSums() as grad_sums, \
                 _temporal_routes(modules, schedule.temporal_routes):
             # a chunk holds every block's outputs over its steps but the last's (small): several
             # blocks bound its length
             max_steps = NO_GRAD_CHUNK if n_blocks > 1 else None
-            for chunk in self._chunks(schedule, sequence, max_steps):
+            chunks = self._chunks(schedule, sequence, max_steps)
+            last_graph = max((i for i, c in enumerate(chunks)
+                              if schedule.graph_intervals is None or c[0] in schedule.graph_intervals), default=-1)
+            for index, chunk in enumerate(chunks):
                 start, stop = schedule.intervals[chunk[0]][0], schedule.intervals[chunk[-1]][1]
                 detach_states(*modules)
                 with_graph = schedule.graph_intervals is None or chunk[0] in schedule.graph_intervals
@@ -226,7 +229,13 @@ class Engine:
                     # a graph is built only for single-interval chunks; a block with nothing
                     # to train (frozen, or a loss that ignores it) has no graph to go back through
                     if with_graph and losses[0].requires_grad:
-                        backward(losses[0] * schedule.loss_scale)
+                        # the weights' last pass before they change or the batch ends: each
+                        # layer's kernel transforms are freed after its backward
+                        kernel_cache.last_pass = schedule.update_per_interval or index == last_graph
+                        try:
+                            backward(losses[0] * schedule.loss_scale)
+                        finally:
+                            kernel_cache.last_pass = False
                         n_backward += 1
                     block_losses[b].extend(value.detach() for value in losses)
                     if b == n_blocks - 1:

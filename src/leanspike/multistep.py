@@ -826,7 +826,7 @@ class Conv2dSequence(torch.autograd.Function):
     def forward(ctx, x, weight, bias, stride: tuple, padding: tuple):  # type: ignore[override]
         # F(4×4, 3×3) for the input gradient: the weight itself (saved tensors come back as new
         # objects), so that its flipped kernels are made once per batch, keyed on it (KernelCache)
-        ctx.kernels = None
+        ctx.kernels = ctx.f23 = None
         ctx.f43 = weight if not _unfolds(weight) and _winograd_f43(x, weight, stride, padding) else None
         if _unfolds(weight):  # few input channels (the first layer), many outputs: unfold + matmul
             out = _conv_step(x, weight, bias, (stride, padding, (1, 1), 1))
@@ -836,8 +836,9 @@ class Conv2dSequence(torch.autograd.Function):
             out = torch.ops.aten._nnpack_spatial_convolution(x, weight, bias, list(padding), list(stride))
         elif _winograd_f23(x, weight, stride, padding):  # small batches (SLTT's steps)
             # the transformed kernels derive from the weight alone (like the weight, not counted
-            # as a saved activation); the input gradient reuses them
-            ctx.kernels = winograd.transformed(weight)
+            # as a saved activation); the input gradient reuses them. The weight itself (as for
+            # F(4×4, 3×3)) is the cache's key, for backward to release them
+            ctx.kernels, ctx.f23 = winograd.transformed(weight), weight
             out = winograd.conv3x3(x, ctx.kernels, bias, padding)
         else:
             out = F.conv2d(x, weight, bias, stride, padding)
@@ -859,11 +860,16 @@ class Conv2dSequence(torch.autograd.Function):
         if _unfolds(weight):  # as the forward ran it
             return (*_conv_step_backward(grad, x, weight, ctx.has_bias, (stride, padding, (1, 1), 1), list(need[:3])),
                     None, None)
+        # this node runs once: its kernels go with it (and with the cache's entry in a last pass)
+        kernels, ctx.kernels = ctx.kernels, None
+        if kernels is not None:
+            winograd.forget(ctx.f23)
+            ctx.f23 = None
         if need[0] and ctx.f43 is not None:
             grad_x = winograd_f43.conv3x3_input_grad(
-                grad, winograd.transformed(ctx.f43, winograd_f43.flipped_kernel_transform), padding)
-        elif need[0] and ctx.kernels is not None:
-            grad_x = winograd.conv3x3_input_grad(grad, ctx.kernels, padding)
+                grad, winograd.transformed(ctx.f43, winograd_f43.flipped_kernel_transform, last=True), padding)
+        elif need[0] and kernels is not None:
+            grad_x = winograd.conv3x3_input_grad(grad, kernels, padding)
         elif need[0]:
             k = weight.shape[2:]
             flipped_padding = tuple(kk - 1 - p for kk, p in zip(k, padding))

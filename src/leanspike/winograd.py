@@ -46,12 +46,24 @@ def applies(x: torch.Tensor, weight: torch.Tensor, stride: tuple, padding: tuple
 class KernelCache:
     """Context manager: while active, :func:`transformed` makes each weight's kernel
     transform once and reuses it until the weight changes (its version counter moves).
-    The engine holds one per batch, so SLTT's T per-step calls share one transform."""
+    The engine holds one per batch, so SLTT's T per-step calls share one transform.
+
+    ``last_pass``: set by the engine around a backward after which these weights run no more
+    (the batch's last graph, or an update follows): a backward's :func:`transformed` or
+    :func:`forget` then drops the entry once read, so a layer's transforms are freed after
+    its gradient instead of at the end of the batch (VGG-11's six held 42 MiB while BPTT went
+    back through the first layers at T = 10). A later call only makes the transform again."""
 
     _active: list["KernelCache"] = []
 
     def __init__(self) -> None:
         self._kernels: dict[tuple[int, Callable], tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self.last_pass = False
+
+    def forget(self, weight: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Drop ``transform(weight)`` if this is a last pass (see the class)."""
+        if self.last_pass:
+            self._kernels.pop((id(weight), transform), None)
 
     def get(self, weight: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``transform(weight)``, made once while ``weight`` is unchanged."""
@@ -73,11 +85,25 @@ class KernelCache:
         self._kernels.clear()
 
 
-def transformed(weight: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def transformed(weight: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                last: bool = False) -> torch.Tensor:
     """``transform(weight)`` (default :func:`kernel_transform`), from the innermost active
-    :class:`KernelCache` if any."""
+    :class:`KernelCache` if any; ``last``: a backward's read, the entry's last in a last pass."""
     transform = kernel_transform if transform is None else transform
-    return KernelCache._active[-1].get(weight, transform) if KernelCache._active else transform(weight)
+    if not KernelCache._active:
+        return transform(weight)
+    cache = KernelCache._active[-1]
+    kernels = cache.get(weight, transform)
+    if last:
+        cache.forget(weight, transform)
+    return kernels
+
+
+def forget(weight: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    """A backward is done with ``transform(weight)`` (default :func:`kernel_transform`): in a
+    last pass of the innermost active :class:`KernelCache`, drop it."""
+    if KernelCache._active:
+        KernelCache._active[-1].forget(weight, kernel_transform if transform is None else transform)
 
 
 #: slot of each transform component: the identity, or 0 ↔ 3 swapped. Flipping a 3×3 kernel
@@ -167,17 +193,45 @@ def tiles_to_map(matrix: torch.Tensor, m: torch.Tensor, tile: int, n: int, th: i
     return y.contiguous() if out is None else out.copy_(y)
 
 
+#: values one gathered chunk of :func:`gathered_product` holds (4 MiB in float32): whole, a BPTT
+#: interval's gather (T·B samples) was a second copy of the transform's result beside it
+#: (25 MiB on VGG-11's 12×12 maps at T = 10)
+GATHER_VALUES = 1 << 20
+
+
+def gathered_product(matrix: torch.Tensor, n: int, per_sample: int,
+                     gather: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """``matrix [k, j] @ gather(0, n)`` (``[j, n·per_sample]``): ``[k, n·per_sample]``. Over
+    :data:`GATHER_VALUES` values (:func:`batch_parts`) it is made chunk by chunk of samples:
+    ``gather(i0, i1)`` copies samples ``i0:i1`` into the product's input, and each chunk's
+    product is written into its columns of the result."""
+    k, j = matrix.shape
+    step = batch_parts(n, j * per_sample, GATHER_VALUES)
+    if step >= n:
+        return torch.mm(matrix, gather(0, n))
+    out = matrix.new_empty(k, n * per_sample)
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        torch.mm(matrix, gather(i0, i1), out=out[:, i0 * per_sample:i1 * per_sample])
+    return out
+
+
 def map_to_tiles(matrix: torch.Tensor, grad: torch.Tensor, tile: int, th: int, tw: int) -> torch.Tensor:
     """``A dy Aᵀ`` of every ``tile``×``tile`` tile of the output gradient ``[N, O, H, W]``
-    (zero-padded to whole tiles), the adjoint of :func:`tiles_to_map`: ``[k, N·th·tw, O]``. One
-    copy into tile order and one matrix product with ``matrix`` ``[k, tile²]`` (2–2.7× faster
-    than additions over slices)."""
+    (zero-padded to whole tiles), the adjoint of :func:`tiles_to_map`: ``[k, N·th·tw, O]``. A
+    copy into tile order and a matrix product with ``matrix`` ``[k, tile²]`` (2–2.7× faster
+    than additions over slices), chunk by chunk of samples (:func:`gathered_product`)."""
     n, o, h, w = grad.shape
-    if (h, w) != (tile * th, tile * tw):
-        grad = F.pad(grad, (0, tile * tw - w, 0, tile * th - h))
-    g = grad.new_empty(tile, tile, n, th, tw, o)  # [r, c, N, th, tw, O]
-    g.permute(2, 5, 3, 0, 4, 1).copy_(grad.reshape(n, o, th, tile, tw, tile))
-    return torch.mm(matrix, g.view(tile * tile, -1)).view(matrix.shape[0], n * th * tw, o)
+
+    def gather(i0: int, i1: int) -> torch.Tensor:
+        part = grad[i0:i1]
+        if (h, w) != (tile * th, tile * tw):
+            part = F.pad(part, (0, tile * tw - w, 0, tile * th - h))
+        g = part.new_empty(tile, tile, i1 - i0, th, tw, o)  # [r, c, N, th, tw, O]
+        g.permute(2, 5, 3, 0, 4, 1).copy_(part.reshape(i1 - i0, o, th, tile, tw, tile))
+        return g.view(tile * tile, -1)
+
+    return gathered_product(matrix, n, th * tw * o, gather).view(matrix.shape[0], n * th * tw, o)
 
 
 def _output_transform(m: torch.Tensor, n: int, th: int, tw: int, h_out: int, w_out: int,
@@ -255,8 +309,10 @@ def conv3x3_input_grad(grad: torch.Tensor, kernels: torch.Tensor, padding: tuple
 
 
 #: transformed values (input or output gradient tiles) one part of :func:`conv3x3_weight_grad`
-#: holds at once (16 MiB in float32): the whole batch of a BPTT interval would need ~50 MB each
-PART_VALUES = 1 << 22
+#: holds at once (8 MiB in float32): the whole batch of a BPTT interval would need ~50 MB each;
+#: 16 MiB parts let VGG-11's 12×12 stages at T = 10 (80 samples, 6.6M values) run whole, the
+#: peak of BPTT's live memory (in parts 0.99× the time, interleaved)
+PART_VALUES = 1 << 21
 
 
 def summed_tile_products(grad: torch.Tensor, x: torch.Tensor, padding: tuple, into: torch.Tensor | None, k: int,

@@ -64,16 +64,20 @@ def _matrices(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, t
 
 
 def _input_transform(x: torch.Tensor, padding: tuple, th: int, tw: int) -> torch.Tensor:
-    """``Bᵀ d B`` of every 6×6 input tile (stride 4): ``[36, N·th·tw, C]``. One copy of the
-    zero-padded input into channels-last, one gather of the tiles, one matrix product."""
+    """``Bᵀ d B`` of every 6×6 input tile (stride 4): ``[36, N·th·tw, C]``. A copy of the
+    zero-padded input into channels-last, a gather of the tiles and a matrix product, chunk by
+    chunk of samples (:func:`~leanspike.winograd.gathered_product`)."""
     n, c, h, w = x.shape
     ph, pw = padding
     hp, wp = 4 * th + 2, 4 * tw + 2
-    xp = x.new_zeros(n, hp, wp, c)
-    xp[:, ph:ph + h, pw:pw + w].copy_(x.permute(0, 2, 3, 1)[:, :hp - ph, :wp - pw])
-    sn, sh, sw, sc = xp.stride()
-    windows = xp.as_strided((6, 6, n, th, tw, c), (sh, sw, sn, 4 * sh, 4 * sw, sc))
-    return torch.mm(_matrices(x.dtype, x.device)[0], windows.reshape(36, -1)).view(36, n * th * tw, c)
+
+    def gather(i0: int, i1: int) -> torch.Tensor:
+        xp = x.new_zeros(i1 - i0, hp, wp, c)
+        xp[:, ph:ph + h, pw:pw + w].copy_(x[i0:i1].permute(0, 2, 3, 1)[:, :hp - ph, :wp - pw])
+        sn, sh, sw, sc = xp.stride()
+        return xp.as_strided((6, 6, i1 - i0, th, tw, c), (sh, sw, sn, 4 * sh, 4 * sw, sc)).reshape(36, -1)
+
+    return winograd.gathered_product(_matrices(x.dtype, x.device)[0], n, th * tw * c, gather).view(36, n * th * tw, c)
 
 
 def kernel_transform(weight: torch.Tensor) -> torch.Tensor:
