@@ -302,3 +302,23 @@ def test_the_engine_marks_the_last_backward_of_the_weights(monkeypatch, method, 
     net = _winograd_net()
     make().train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.1))
     assert seen == flags  # one backward through the 8 → 8 convolution per graph interval
+
+
+def test_a_second_backward_through_a_kept_graph_gives_the_same_gradients(monkeypatch):
+    """The F(2×2, 3×3) node lets go of its kernels after its backward; going back through the
+    same graph again (``retain_graph``) takes the plain kernels and gives the same gradients."""
+    from leanspike import multistep
+
+    monkeypatch.setattr(multistep, "USE_NNPACK", False)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 128, 3, padding=1)
+    x = (torch.rand(8, 128, 6, 6) < 0.3).float().requires_grad_(True)
+    calls = count_calls(monkeypatch, winograd, "conv3x3_input_grad")
+    with winograd.KernelCache():
+        out = Conv2dSequence.apply(x, conv.weight, conv.bias, (1, 1), (1, 1))
+        g = torch.randn_like(out)
+        first = torch.autograd.grad(out, [x, conv.weight, conv.bias], g, retain_graph=True)
+        second = torch.autograd.grad(out, [x, conv.weight, conv.bias], g)
+    assert len(calls) == 1
+    for a, b in zip(first, second):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
