@@ -322,3 +322,35 @@ def test_a_second_backward_through_a_kept_graph_gives_the_same_gradients(monkeyp
     assert len(calls) == 1
     for a, b in zip(first, second):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+@pytest.mark.parametrize("f43", [False, True], ids=["F(2x2,3x3)", "F(4x4,3x3)"])
+@pytest.mark.parametrize("method", ["bptt", "sltt"])
+def test_engine_gradients_with_every_transform_in_chunks_and_parts(float64, monkeypatch, method, f43):
+    """The engine's gradients (float64) when every Winograd gather runs one sample per chunk and
+    every weight gradient one sample per part, and the transforms are dropped in the last pass:
+    autograd's through plain convolutions, step by step (F(2×2, 3×3) or F(4×4, 3×3) let in for
+    float64 and 8 channels)."""
+    from leanspike import BPTT, multistep
+    from leanspike.engine import Engine
+
+    for module, name in ((winograd, "applies"), (winograd_f43, "applies")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda x, w, s, p, real=real: real(x.float(), w.float(), s, p))
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 8)
+    monkeypatch.setattr(winograd_f43, "MIN_CHANNELS", 8)
+    monkeypatch.setattr(multistep, "WINOGRAD43", f43)
+    monkeypatch.setattr(multistep, "USE_NNPACK", False)
+    monkeypatch.setattr(winograd, "GATHER_VALUES", 1)
+    monkeypatch.setattr(winograd, "PART_VALUES", 1)
+    make = {"bptt": BPTT, "sltt": SLTT}[method]
+    g = torch.Generator().manual_seed(1)
+    x, y = (torch.rand(4, 3, 2, 8, 8, generator=g) < 0.4).double(), torch.randint(0, 3, (3,), generator=g)
+    used = count_calls(monkeypatch, winograd_f43 if f43 else winograd, "conv3x3_input_grad")
+    grads = make().compute_gradients(_winograd_net(), x, y)
+    assert used
+    monkeypatch.setattr(Engine, "supports_sequence", lambda self: False)
+    reference = make().compute_gradients(_winograd_net(), x, y)
+    for name in reference:
+        torch.testing.assert_close(grads[name], reference[name], atol=1e-10, rtol=1e-10,
+                                   msg=lambda m: f"{name}: {m}")
