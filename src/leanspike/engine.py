@@ -59,6 +59,10 @@ class Schedule:
     #: False: inside an interval, gradients flow only within each step (SLTT over several steps)
     temporal_routes: bool = True
 
+    def builds_graph(self, index: int) -> bool:
+        """Whether interval ``index`` runs with a graph (and a backward)."""
+        return self.graph_intervals is None or index in self.graph_intervals
+
 
 def split_intervals(total_steps: int, k: int) -> list[tuple[int, int]]:
     """Cut ``range(T)`` into intervals of k steps; the last is shorter if k ∤ T."""
@@ -170,7 +174,7 @@ class Engine:
         (None: no limit; parts bound each layer's temporaries, :func:`~leanspike.multistep.part_steps`)."""
         chunks: list[list[int]] = []
         for index, (t0, t1) in enumerate(schedule.intervals):
-            with_graph = schedule.graph_intervals is None or index in schedule.graph_intervals
+            with_graph = schedule.builds_graph(index)
             prev = chunks[-1] if chunks else None
             if (sequence and not with_graph and not schedule.update_per_interval and prev is not None
                     and prev[-1] not in (schedule.graph_intervals or ())
@@ -206,12 +210,11 @@ class Engine:
             # blocks bound its length
             max_steps = NO_GRAD_CHUNK if n_blocks > 1 else None
             chunks = self._chunks(schedule, sequence, max_steps)
-            last_graph = max((i for i, c in enumerate(chunks)
-                              if schedule.graph_intervals is None or c[0] in schedule.graph_intervals), default=-1)
+            last_graph = max((i for i, c in enumerate(chunks) if schedule.builds_graph(c[0])), default=-1)
             for index, chunk in enumerate(chunks):
                 start, stop = schedule.intervals[chunk[0]][0], schedule.intervals[chunk[-1]][1]
                 detach_states(*modules)
-                with_graph = schedule.graph_intervals is None or chunk[0] in schedule.graph_intervals
+                with_graph = schedule.builds_graph(chunk[0])
                 ctx = contextlib.nullcontext() if with_graph else torch.no_grad()
                 # one step, then its backward: the LIF layers' backward can read the carry they keep
                 one_step = with_graph and stop - start == 1

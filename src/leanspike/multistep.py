@@ -867,7 +867,8 @@ class Conv2dSequence(torch.autograd.Function):
             ctx.f23 = None
         if need[0] and ctx.f43 is not None:
             grad_x = winograd_f43.conv3x3_input_grad(
-                grad, winograd.transformed(ctx.f43, winograd_f43.flipped_kernel_transform, last=True), padding)
+                grad, winograd.transformed(ctx.f43, winograd_f43.flipped_kernel_transform), padding)
+            winograd.forget(ctx.f43, winograd_f43.flipped_kernel_transform)
         elif need[0] and kernels is not None:
             grad_x = winograd.conv3x3_input_grad(grad, kernels, padding)
         elif need[0]:

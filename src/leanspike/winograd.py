@@ -49,8 +49,8 @@ class KernelCache:
     The engine holds one per batch, so SLTT's T per-step calls share one transform.
 
     ``last_pass``: set by the engine around a backward after which these weights run no more
-    (the batch's last graph, or an update follows): a backward's :func:`transformed` or
-    :func:`forget` then drops the entry once read, so a layer's transforms are freed after
+    (the batch's last graph, or an update follows): a backward's :func:`forget` then drops
+    the entry it has read, so a layer's transforms are freed after
     its gradient instead of at the end of the batch (VGG-11's six held 42 MiB while BPTT went
     back through the first layers at T = 10). A later call only makes the transform again."""
 
@@ -85,18 +85,11 @@ class KernelCache:
         self._kernels.clear()
 
 
-def transformed(weight: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                last: bool = False) -> torch.Tensor:
+def transformed(weight: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """``transform(weight)`` (default :func:`kernel_transform`), from the innermost active
-    :class:`KernelCache` if any; ``last``: a backward's read, the entry's last in a last pass."""
+    :class:`KernelCache` if any."""
     transform = kernel_transform if transform is None else transform
-    if not KernelCache._active:
-        return transform(weight)
-    cache = KernelCache._active[-1]
-    kernels = cache.get(weight, transform)
-    if last:
-        cache.forget(weight, transform)
-    return kernels
+    return KernelCache._active[-1].get(weight, transform) if KernelCache._active else transform(weight)
 
 
 def forget(weight: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
