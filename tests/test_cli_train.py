@@ -78,6 +78,7 @@ def test_progress_bar_and_tensorboard_scalars(tmp_path, capsys, monkeypatch):
     fake.SummaryWriter = FakeWriter
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     out = tmp_path / "run"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar is drawn on terminals only
     assert main(["train", "--dataset", "digits", "--model", "spiking_mlp", "--T", "2", "--epochs", "2",
                  "--max-batches", "3", "--batch-size", "16", "--out", str(out)]) == 0
     err = capsys.readouterr().err
@@ -88,3 +89,12 @@ def test_progress_bar_and_tensorboard_scalars(tmp_path, capsys, monkeypatch):
     for row in rows:
         assert ("test_accuracy", row["test_accuracy"], row["epoch"]) in events
         assert ("train_loss", row["train_loss"], row["epoch"]) in events
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    """A job's log (stderr redirected to a file) gets the epoch lines, not a redrawn bar."""
+    assert main(["train", "--dataset", "digits", "--model", "spiking_mlp", "--T", "2", "--epochs", "1",
+                 "--max-batches", "2", "--batch-size", "16", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "epoch 1/1: loss" in err
+    assert "batch/s" not in err and "\r" not in err

@@ -468,8 +468,10 @@ class _Run:
         if self.progress and self.main:
             from tqdm import tqdm
 
+            # disable=None: no bar when stderr is not a terminal (a cluster job's log would fill
+            # with redrawn lines); the epoch lines below are written either way
             bar = tqdm(total=total, initial=self.batch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                       leave=False, dynamic_ncols=True, file=sys.stderr)
+                       leave=False, dynamic_ncols=True, file=sys.stderr, disable=None)
         started = time.perf_counter()
         seen_at_start = self.accum["seen"]
         cuda = self.device.type == "cuda"
