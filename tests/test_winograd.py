@@ -218,6 +218,29 @@ def test_weight_gradient_from_tiles_is_the_adjoint_of_the_kernel_transform(algor
     rhs = (du.transpose(1, 2) * algorithm.kernel_transform(w)).sum()
     torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
 
+@pytest.mark.parametrize("parts", [False, True])
+def test_tiles_reordered_through_channels_last_are_the_same_convolution(monkeypatch, parts):
+    """From REORDER_MIN_CHANNELS output channels the output transform reorders its tiles by two
+    copies (channels-last first): both algorithms' forward and input gradient still equal the
+    convolution (float64), whole and written part by part into the output (``out``)."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(winograd, "REORDER_MIN_CHANNELS", 3)
+    if parts:
+        monkeypatch.setattr(winograd, "TRANSFORM_PART_VALUES", 64)
+    x = torch.randn(3, 5, 8, 8, dtype=torch.float64, requires_grad=True)  # whole tiles of 2 and of 4
+    weight = torch.randn(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    ref = F.conv2d(x, weight, None, 1, (1, 1))
+    g = torch.randn_like(ref)
+    want_x, = torch.autograd.grad(ref, x, g)
+    kernels = winograd.kernel_transform(weight)
+    torch.testing.assert_close(winograd.conv3x3(x.detach(), kernels, None, (1, 1)), ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(winograd.conv3x3_input_grad(g, kernels, (1, 1)), want_x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(winograd_f43.conv3x3(x.detach(), winograd_f43.kernel_transform(weight), None, (1, 1)),
+                               ref.detach(), rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(winograd_f43.conv3x3_input_grad(g, winograd_f43.flipped_kernel_transform(weight), (1, 1)),
+                               want_x, rtol=1e-11, atol=1e-11)
+
+
 def test_gathered_product_runs_chunk_by_chunk_into_the_whole(monkeypatch):
     """Over GATHER_VALUES values the transforms' gathers and products run chunk by chunk of
     samples (the parts batch_parts gives), each written into its columns: the values of one
