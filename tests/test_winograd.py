@@ -218,6 +218,7 @@ def test_weight_gradient_from_tiles_is_the_adjoint_of_the_kernel_transform(algor
     rhs = (du.transpose(1, 2) * algorithm.kernel_transform(w)).sum()
     torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
 
+
 @pytest.mark.parametrize("parts", [False, True])
 def test_tiles_reordered_through_channels_last_are_the_same_convolution(monkeypatch, parts):
     """From REORDER_MIN_CHANNELS output channels the output transform reorders its tiles by two

@@ -169,8 +169,8 @@ def _tile_matrix_for(dtype: torch.dtype, device: torch.device, flip: bool) -> to
 
 
 #: output channels from which :func:`tiles_to_map` reorders its tiles through a channels-last copy
-#: (``python bench/conv_kernels.py`` shapes at 8 and 48 samples: 0.29-0.74x the time of one
-#: direct copy from 128 channels; about the same at 64)
+#: (per call on VGG-11's output shapes at 8 and 48 samples: 0.29-0.74x the time of one direct
+#: copy from 128 channels; 0.93-1.08x at 64, which keep the one copy)
 REORDER_MIN_CHANNELS = 128
 
 
@@ -178,13 +178,14 @@ def tiles_to_map(matrix: torch.Tensor, m: torch.Tensor, tile: int, n: int, th: i
                  w_out: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """``Aᵀ m A`` of every tile's products ``m`` ``[k, N·th·tw, O]`` as one matrix product with
     ``matrix`` ``[tile², k]`` over all tiles and channels (a single pass over ``m``; as additions
-    over slices it took 1.4× the time on 12×12 maps), then one copy into place: the output
-    ``[N, O, H, W]``, written into ``out`` when given."""
+    over slices it took 1.4× the time on 12×12 maps), then a copy into place (two, through
+    channels-last, from :data:`REORDER_MIN_CHANNELS` channels): the output ``[N, O, H, W]``,
+    written into ``out`` when given."""
     o = m.shape[-1]
     r = torch.mm(matrix, m.view(matrix.shape[1], -1)).view(tile, tile, n, th, tw, o)  # [r, c, N, th, tw, O]
     if (tile * th, tile * tw) == (h_out, w_out) and o >= REORDER_MIN_CHANNELS:
         # two copies whose inner loops run over the channels, then over the pixels, instead of one
-        # whose inner loop is a tile's row (2 or 4 values): 0.3-0.6x the time for 128-512 channels
+        # whose inner loop is a tile's row (2 or 4 values): see REORDER_MIN_CHANNELS
         rows = r.new_empty(n, th, tile, tw, tile, o)  # [N, H, W, O]: channels-last
         rows.copy_(r.permute(2, 3, 0, 4, 1, 5))
         del r
