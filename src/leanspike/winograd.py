@@ -183,7 +183,8 @@ def tiles_to_map(matrix: torch.Tensor, m: torch.Tensor, tile: int, n: int, th: i
     written into ``out`` when given."""
     o = m.shape[-1]
     r = torch.mm(matrix, m.view(matrix.shape[1], -1)).view(tile, tile, n, th, tw, o)  # [r, c, N, th, tw, O]
-    if (tile * th, tile * tw) == (h_out, w_out) and o >= REORDER_MIN_CHANNELS:
+    whole_tiles = (tile * th, tile * tw) == (h_out, w_out)
+    if whole_tiles and o >= REORDER_MIN_CHANNELS:
         # two copies whose inner loops run over the channels, then over the pixels, instead of one
         # whose inner loop is a tile's row (2 or 4 values): see REORDER_MIN_CHANNELS
         rows = r.new_empty(n, th, tile, tw, tile, o)  # [N, H, W, O]: channels-last
@@ -192,7 +193,7 @@ def tiles_to_map(matrix: torch.Tensor, m: torch.Tensor, tile: int, n: int, th: i
         nchw = rows.view(n, tile * th, tile * tw, o).permute(0, 3, 1, 2)
         return nchw.contiguous() if out is None else out.copy_(nchw)
     tiled = r.permute(2, 5, 3, 0, 4, 1)  # [N, O, th, r, tw, c]
-    if (tile * th, tile * tw) == (h_out, w_out):
+    if whole_tiles:
         if out is None:
             return tiled.reshape(n, o, h_out, w_out)
         out.view(n, o, th, tile, tw, tile).copy_(tiled)
